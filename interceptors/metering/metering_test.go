@@ -1,0 +1,226 @@
+package metering_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/kgents/kgents-go/interceptors"
+	"github.com/kgents/kgents-go/interceptors/metering"
+	"github.com/kgents/kgents-go/tenancy"
+)
+
+type capture struct {
+	mu     sync.Mutex
+	events []event.Event
+}
+
+func (c *capture) Emit(ev event.Event) {
+	c.mu.Lock()
+	c.events = append(c.events, ev)
+	c.mu.Unlock()
+}
+
+func (c *capture) byType(typ string) []event.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []event.Event
+	for _, e := range c.events {
+		if e.Type() == typ {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func data(t *testing.T, e event.Event) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(e.Data(), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func tenantCtx(key string) context.Context {
+	ctx := tenancy.WithIdentity(context.Background(), &tenancy.Identity{TenantID: "tenant-1", KeyID: "k"})
+	if key != "" {
+		ctx = metadata.NewIncomingContext(ctx, metadata.Pairs("idempotency-key", key))
+	}
+	return ctx
+}
+
+const method = "/kgents.soul.v1.SoulService/Dialogue"
+
+func TestUnaryEmitsRequestAndRecordedUsage(t *testing.T) {
+	t.Parallel()
+	c := &capture{}
+	ic := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Unary()
+	handler := func(ctx context.Context, _ any) (any, error) {
+		metering.RecordTokens(ctx, metering.TokenUsage{TokensIn: 10, TokensOut: 32, Model: "m", SessionID: "s1", Mode: "reflect", Budget: "dialogue"})
+		metering.RecordSession(ctx, metering.SessionUsage{SessionID: "s1", AgentType: "kgent"})
+		metering.RecordSession(ctx, metering.SessionUsage{SessionID: "s1", Role: "user", MessageLength: 5})
+		metering.RecordSession(ctx, metering.SessionUsage{SessionID: "s1", Role: "assistant", MessageLength: 40})
+		metering.RecordInvoke(ctx, metering.InvokeUsage{Path: "self.soul.challenge", Aspect: "challenge", TokensUsed: 7})
+		return "ok", nil
+	}
+	if _, err := ic(tenantCtx(""), "req", &grpc.UnaryServerInfo{FullMethod: method}, handler); err != nil {
+		t.Fatal(err)
+	}
+	reqs := c.byType("api.request")
+	if len(reqs) != 1 {
+		t.Fatalf("%d api.request events", len(reqs))
+	}
+	r := reqs[0]
+	if r.Subject() != "tenant-1" || r.Source() != "kgents-api" || r.SpecVersion() != "1.0" || r.ID() == "" {
+		t.Errorf("envelope %v", r)
+	}
+	d := data(t, r)
+	if d["endpoint"] != method || d["method"] != "GRPC" || d["status_code"] != 200.0 || d["grpc_code"] != 0.0 {
+		t.Errorf("api.request data %v", d)
+	}
+	tok := c.byType("llm.tokens")
+	if len(tok) != 1 || data(t, tok[0])["tokens_total"] != 42.0 || data(t, tok[0])["session_id"] != "s1" {
+		t.Errorf("llm.tokens %v", tok)
+	}
+	if len(c.byType("session.create")) != 1 || len(c.byType("session.message")) != 2 || len(c.byType("agentese.invoke")) != 1 {
+		t.Errorf("events %v", c.events)
+	}
+	ids := map[string]bool{}
+	for _, e := range c.events {
+		if ids[e.ID()] {
+			t.Errorf("duplicate id %s", e.ID())
+		}
+		ids[e.ID()] = true
+	}
+}
+
+func TestIdempotencyKeyMakesIDsRepeatable(t *testing.T) {
+	t.Parallel()
+	run := func(key string) []event.Event {
+		c := &capture{}
+		ic := metering.New(c, slog.Default(), nil).Unary()
+		_, _ = ic(tenantCtx(key), nil, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
+			metering.RecordTokens(ctx, metering.TokenUsage{TokensOut: 3})
+			return nil, nil
+		})
+		return c.events
+	}
+	a, b := run("k-1"), run("k-1")
+	if len(a) != 2 || a[0].ID() != b[0].ID() || a[1].ID() != b[1].ID() {
+		t.Errorf("a retry with the same key must produce the same ids: %v vs %v", a, b)
+	}
+	c, d := run(""), run("")
+	if c[0].ID() == d[0].ID() {
+		t.Error("calls without a key must get distinct ids")
+	}
+	if e := run("k-2"); e[0].ID() == a[0].ID() {
+		t.Error("different keys must get distinct ids")
+	}
+}
+
+func TestRejectedCallsAreMeteredWithTheirStatus(t *testing.T) {
+	t.Parallel()
+	c := &capture{}
+	ic := metering.New(c, slog.Default(), nil).Unary()
+	quotaRefusal := func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.ResourceExhausted, "slow down")
+	}
+	_, _ = ic(tenantCtx(""), nil, &grpc.UnaryServerInfo{FullMethod: method}, quotaRefusal)
+	reqs := c.byType("api.request")
+	if len(reqs) != 1 || data(t, reqs[0])["status_code"] != 429.0 || data(t, reqs[0])["grpc_code"] != 8.0 {
+		t.Errorf("429 metering %v", c.events)
+	}
+	// Calls without a tenant (public services) are not metered.
+	_, _ = ic(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/grpc.health.v1.Health/Check"}, func(context.Context, any) (any, error) { return nil, nil })
+	if len(c.events) != 1 {
+		t.Errorf("public call metered: %v", c.events)
+	}
+}
+
+func TestGatewayCallsUseTheRouteTemplate(t *testing.T) {
+	t.Parallel()
+	c := &capture{}
+	ic := metering.New(c, slog.Default(), nil).Unary()
+	ctx := peer.NewContext(tenantCtx(""), &peer.Peer{Addr: interceptors.GatewayAddr{}})
+	ctx = metadata.NewIncomingContext(ctx, metadata.Pairs(interceptors.MDHTTPRoute, "/v1/kgent/sessions/{session_id}", interceptors.MDHTTPMethod, "GET"))
+	_, _ = ic(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/kgents.sessions.v1.SessionsService/GetSession"}, func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.NotFound, "no")
+	})
+	d := data(t, c.byType("api.request")[0])
+	if d["endpoint"] != "/v1/kgent/sessions/{session_id}" || d["method"] != "GET" || d["status_code"] != 404.0 {
+		t.Errorf("gateway call metered as %v", d)
+	}
+	// A native caller cannot claim a route: its metadata is ignored.
+	c2 := &capture{}
+	ic2 := metering.New(c2, slog.Default(), nil).Unary()
+	native := peer.NewContext(tenantCtx(""), &peer.Peer{Addr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}})
+	native = metadata.NewIncomingContext(native, metadata.Pairs(interceptors.MDHTTPRoute, "/forged", interceptors.MDHTTPMethod, "GET"))
+	_, _ = ic2(native, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(context.Context, any) (any, error) { return nil, nil })
+	if d := data(t, c2.byType("api.request")[0]); d["endpoint"] != method || d["method"] != "GRPC" {
+		t.Errorf("forged route accepted: %v", d)
+	}
+}
+
+// TestStreamMeteredAtItsEnd: usage recorded while the stream runs (also
+// after the caller is gone) is emitted when the stream ends.
+func TestStreamMeteredAtItsEnd(t *testing.T) {
+	t.Parallel()
+	c := &capture{}
+	ic := metering.New(c, slog.Default(), nil).Stream()
+	ss := &fakeStream{ctx: tenantCtx("")}
+	err := ic(nil, ss, &grpc.StreamServerInfo{FullMethod: "/kgents.sessions.v1.SessionsService/StreamMessage", IsServerStream: true},
+		func(_ any, s grpc.ServerStream) error {
+			time.Sleep(10 * time.Millisecond)
+			metering.RecordTokens(s.Context(), metering.TokenUsage{TokensOut: 9})
+			return status.Error(codes.Canceled, "caller gone")
+		})
+	if status.Code(err) != codes.Canceled {
+		t.Fatal(err)
+	}
+	if len(c.byType("llm.tokens")) != 1 || data(t, c.byType("api.request")[0])["status_code"] != 499.0 {
+		t.Errorf("stream metering %v", c.events)
+	}
+	if d := data(t, c.byType("api.request")[0]); d["duration_ms"].(float64) < 10 {
+		t.Errorf("duration %v", d["duration_ms"])
+	}
+}
+
+type fakeStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (f *fakeStream) Context() context.Context { return f.ctx }
+
+type discard struct{}
+
+func (discard) Emit(event.Event) {}
+
+// BenchmarkMeterUnary is one metered dialogue call: api.request and
+// llm.tokens built (the emitter drops them).
+func BenchmarkMeterUnary(b *testing.B) {
+	ic := metering.New(discard{}, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Unary()
+	ctx := tenantCtx("")
+	info := &grpc.UnaryServerInfo{FullMethod: method}
+	handler := func(ctx context.Context, _ any) (any, error) {
+		metering.RecordTokens(ctx, metering.TokenUsage{TokensIn: 10, TokensOut: 32, Model: "kgent-template", Mode: "advise", Budget: "dialogue"})
+		return nil, nil
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = ic(ctx, nil, info, handler)
+	}
+}

@@ -1,0 +1,223 @@
+package sessionstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
+	"github.com/kgents/kgents-go/sessionstore"
+	"github.com/kgents/kgents-go/streaming/natstest"
+)
+
+// implementations runs the same contract against every Store.
+func implementations(t *testing.T) map[string]func(t *testing.T) sessionstore.Store {
+	return map[string]func(t *testing.T) sessionstore.Store{
+		"memory": func(*testing.T) sessionstore.Store { return sessionstore.NewMemory() },
+		"jetstream": func(t *testing.T) sessionstore.Store {
+			srv := natstest.Start(t)
+			_, js := srv.Connect(t)
+			s := sessionstore.NewJetStream(js, 1)
+			if err := s.EnsureResources(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return s
+		},
+	}
+}
+
+func newSession(tenant string, created time.Time) *sessionsv1.Session {
+	return &sessionsv1.Session{
+		Id: uuid.NewString(), TenantId: tenant, AgentType: "kgent",
+		Status:    sessionsv1.SessionStatus_SESSION_STATUS_ACTIVE,
+		CreatedAt: timestamppb.New(created),
+	}
+}
+
+func TestStoreContract(t *testing.T) {
+	t.Parallel()
+	for name, mk := range implementations(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := mk(t)
+			base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			tenantA, tenantB := uuid.NewString(), uuid.NewString()
+
+			var ids []string
+			for i := 0; i < 5; i++ {
+				sess := newSession(tenantA, base.Add(time.Duration(i)*time.Minute))
+				sess.Title = proto.String(fmt.Sprintf("t%d", i))
+				r, err := s.Create(ctx, sess)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.Revision == 0 || !proto.Equal(r.Session, sess) {
+					t.Fatalf("Create returned %+v", r)
+				}
+				ids = append(ids, sess.GetId())
+			}
+			other := newSession(tenantB, base)
+			if _, err := s.Create(ctx, other); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Create(ctx, other); !errors.Is(err, sessionstore.ErrExists) {
+				t.Errorf("second Create: %v, want ErrExists", err)
+			}
+
+			// Tenant isolation: another tenant's session does not exist.
+			if _, err := s.Get(ctx, tenantA, other.GetId()); !errors.Is(err, sessionstore.ErrNotFound) {
+				t.Errorf("cross-tenant Get: %v, want ErrNotFound", err)
+			}
+			// Newest first, paged, total counts all.
+			page, total, err := s.List(ctx, tenantA, 1, 2)
+			if err != nil || total != 5 || len(page) != 2 || page[0].GetTitle() != "t3" || page[1].GetTitle() != "t2" {
+				t.Fatalf("List(1,2) = %v titles, total %d, err %v", titles(page), total, err)
+			}
+			if page, total, _ := s.List(ctx, tenantB, 0, 20); total != 1 || len(page) != 1 {
+				t.Errorf("tenant B sees %d/%d", len(page), total)
+			}
+			if page, _, _ := s.List(ctx, tenantA, 10, 20); len(page) != 0 {
+				t.Errorf("offset past the end returned %d", len(page))
+			}
+
+			// Update with compare-and-set under contention: every increment lands.
+			var wg sync.WaitGroup
+			for i := 0; i < 8; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if _, err := s.Update(ctx, tenantA, ids[0], func(r *sessionstore.Record) error {
+						r.Session.MessageCount++
+						r.EventSeq++
+						return nil
+					}); err != nil {
+						t.Errorf("Update: %v", err)
+					}
+				}()
+			}
+			wg.Wait()
+			r, err := s.Get(ctx, tenantA, ids[0])
+			if err != nil || r.Session.GetMessageCount() != 8 || r.EventSeq != 8 {
+				t.Fatalf("after 8 concurrent updates: %+v %v", r, err)
+			}
+			abort := errors.New("abort")
+			if _, err := s.Update(ctx, tenantA, ids[0], func(r *sessionstore.Record) error {
+				r.Session.MessageCount = 999
+				return abort
+			}); !errors.Is(err, abort) {
+				t.Errorf("aborted Update: %v", err)
+			}
+			if r, _ := s.Get(ctx, tenantA, ids[0]); r.Session.GetMessageCount() != 8 {
+				t.Errorf("aborted Update changed the record: %d", r.Session.GetMessageCount())
+			}
+			if _, err := s.Update(ctx, tenantB, ids[0], func(*sessionstore.Record) error { return nil }); !errors.Is(err, sessionstore.ErrNotFound) {
+				t.Errorf("cross-tenant Update: %v", err)
+			}
+			// Turn markers survive a round trip.
+			turn := &sessionstore.Turn{ID: "t1", Started: base, Replica: "r1"}
+			if _, err := s.Update(ctx, tenantA, ids[1], func(r *sessionstore.Record) error { r.Turn = turn; return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if r, _ := s.Get(ctx, tenantA, ids[1]); r.Turn == nil || *r.Turn != *turn {
+				t.Errorf("turn = %+v", r.Turn)
+			}
+
+			// Transcript: ordered, paged, idempotent by message id.
+			for i := 0; i < 7; i++ {
+				m := &sessionsv1.Message{Id: fmt.Sprintf("m%d-%s", i, ids[2]), SessionId: ids[2], Role: sessionsv1.Role_ROLE_USER,
+					Content: fmt.Sprintf("message %d", i), CreatedAt: timestamppb.New(base)}
+				if err := s.AppendMessage(ctx, tenantA, m); err != nil {
+					t.Fatal(err)
+				}
+				if i == 3 { // a retried append is not stored twice
+					if err := s.AppendMessage(ctx, tenantA, m); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			msgs, total, err := s.Messages(ctx, tenantA, ids[2], 2, 3)
+			if err != nil || total != 7 || len(msgs) != 3 || msgs[0].GetContent() != "message 2" || msgs[2].GetContent() != "message 4" {
+				t.Fatalf("Messages(2,3) = %v total %d err %v", contents(msgs), total, err)
+			}
+			last, err := sessionstore.LastMessages(ctx, s, tenantA, ids[2], 2)
+			if err != nil || len(last) != 2 || last[1].GetContent() != "message 6" {
+				t.Errorf("LastMessages = %v %v", contents(last), err)
+			}
+			if msgs, total, err := s.Messages(ctx, tenantA, ids[3], 0, 50); err != nil || total != 0 || len(msgs) != 0 {
+				t.Errorf("empty transcript: %v %d %v", msgs, total, err)
+			}
+		})
+	}
+}
+
+func TestJetStreamSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	ctx := context.Background()
+	tenant := uuid.NewString()
+	sess := newSession(tenant, time.Now())
+	{
+		_, js := srv.Connect(t)
+		s := sessionstore.NewJetStream(js, 1)
+		if _, err := s.Create(ctx, sess); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AppendMessage(ctx, tenant, &sessionsv1.Message{Id: "m1", SessionId: sess.GetId(), Content: "kept"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Restart()
+	_, js := srv.Connect(t)
+	s := sessionstore.NewJetStream(js, 1)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	r, err := s.Get(ctx, tenant, sess.GetId())
+	if err != nil || r.Session.GetId() != sess.GetId() {
+		t.Fatalf("after restart: %v %v", r, err)
+	}
+	msgs, _, err := s.Messages(ctx, tenant, sess.GetId(), 0, 10)
+	if err != nil || len(msgs) != 1 || msgs[0].GetContent() != "kept" {
+		t.Fatalf("transcript after restart: %v %v", contents(msgs), err)
+	}
+}
+
+func TestJetStreamUnavailable(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	s := sessionstore.NewJetStream(js, 1)
+	if err := s.EnsureResources(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_, err := s.Get(ctx, uuid.NewString(), uuid.NewString())
+	if !errors.Is(err, sessionstore.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Get with NATS down: %v, want ErrUnavailable", err)
+	}
+}
+
+func titles(s []*sessionsv1.Session) []string {
+	out := make([]string, len(s))
+	for i, x := range s {
+		out[i] = x.GetTitle()
+	}
+	return out
+}
+
+func contents(m []*sessionsv1.Message) []string {
+	out := make([]string, len(m))
+	for i, x := range m {
+		out[i] = x.GetContent()
+	}
+	return out
+}

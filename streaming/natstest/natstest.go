@@ -1,0 +1,121 @@
+// Package natstest runs a real nats-server with JetStream inside a test, on
+// a free loopback port with its store in a temporary directory. Tests can
+// stop and restart it (same port, same data) to exercise outages.
+package natstest
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Server is a test NATS server.
+type Server struct {
+	t    testing.TB
+	dir  string
+	port int
+
+	mu  sync.Mutex
+	srv *server.Server
+}
+
+// Start runs a server and stops it when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{t: t, dir: t.TempDir(), port: freePort(t)}
+	s.start()
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func freePort(t testing.TB) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func (s *Server) start() {
+	s.t.Helper()
+	opts := &server.Options{
+		ServerName: fmt.Sprintf("natstest-%d", s.port),
+		Host:       "127.0.0.1",
+		Port:       s.port,
+		JetStream:  true,
+		StoreDir:   s.dir,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	var srv *server.Server
+	var err error
+	// The port may linger briefly after a stop; retry for a moment.
+	for i := 0; i < 50; i++ {
+		if srv, err = server.NewServer(opts); err == nil {
+			go srv.Start()
+			if srv.ReadyForConnections(5 * time.Second) {
+				break
+			}
+			srv.Shutdown()
+			err = fmt.Errorf("nats-server not ready on port %d", s.port)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		s.t.Fatalf("natstest: %v", err)
+	}
+	s.mu.Lock()
+	s.srv = srv
+	s.mu.Unlock()
+}
+
+// URL is the client URL.
+func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.port) }
+
+// Stop shuts the server down (idempotent).
+func (s *Server) Stop() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}
+}
+
+// Restart starts the server again with the same port and data.
+func (s *Server) Restart() {
+	s.Stop()
+	s.start()
+}
+
+// Running reports whether the server is up.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.srv != nil
+}
+
+// Connect opens a client connection (closed when the test ends) that
+// reconnects forever, as kgentsd's does.
+func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc, js
+}

@@ -1,0 +1,352 @@
+package streaming
+
+import (
+	"context"
+	"encoding/binary"
+	"hash/crc32"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+)
+
+// Replay: while the publisher is spooling, one goroutine reads the spool
+// from its head and publishes records with up to MaxInFlight in flight (a
+// sliding window), settling acks in spool order and moving the head past
+// each acknowledged record. A failure stops the pass with the head at the
+// first record not acknowledged; the next pass (on reconnect, breaker
+// half-open, or a 500ms tick) resumes there. Records behind a failed one
+// that JetStream did store are published again by that pass and deduped by
+// msg id. Once nothing is left after the head, the spool is deleted and new
+// messages go straight to JetStream again; that switch happens under the
+// lock that appends take, so nothing can overtake.
+
+const headCheckpointEvery = 200 * time.Millisecond
+
+type replayEntry struct {
+	rec        spoolRecord
+	start, end spoolPos
+	skip       bool // already acked on the direct path
+	done       func(error)
+	connEpoch  uint64
+	fut        jetstream.PubAckFuture
+	sendErr    error
+}
+
+func (p *Publisher) replayLoop() {
+	defer p.wg.Done()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-p.replayWake:
+		case <-tick.C:
+		}
+		for p.canReplay() && p.replayPass() {
+		}
+	}
+}
+
+func (p *Publisher) canReplay() bool {
+	select {
+	case <-p.stop:
+		return false
+	default:
+	}
+	p.mu.Lock()
+	ok := p.spooling && p.inflight.len() == 0
+	p.mu.Unlock()
+	if !ok || !p.connected() {
+		return false
+	}
+	return p.br.state() != gobreaker.StateOpen
+}
+
+func (p *Publisher) setReplaying(v bool) {
+	p.mu.Lock()
+	p.replaying = v
+	p.mu.Unlock()
+	wake(p.notifyWake)
+}
+
+// replayPass replays until blocked, interrupted or drained, keeping up to
+// MaxInFlight records in flight (a sliding window: the head's ack is awaited
+// while later records are already on the wire). It reports whether another
+// pass may make progress right away.
+func (p *Publisher) replayPass() bool {
+	p.setReplaying(true)
+	defer p.setReplaying(false)
+	_, span := p.tracer.Start(context.Background(), "nats.spool.replay")
+	replayed := 0
+	defer func() {
+		span.SetAttributes(attribute.Int("kgents.replayed", replayed))
+		span.End()
+	}()
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	var (
+		q        fifo[*replayEntry]
+		held     *replayEntry // read but not sent (the breaker said no)
+		failed   bool
+		caughtUp bool
+		idle     int // consecutive empty rounds
+	)
+	defer func() {
+		if held != nil {
+			p.reader.seek(held.start)
+		}
+	}()
+	for {
+		// Fill the window.
+		for !failed && q.len() < p.o.MaxInFlight {
+			e := held
+			held = nil
+			if e == nil {
+				if !p.connected() {
+					break
+				}
+				rec, start, end, ok := p.readNext()
+				if !ok {
+					caughtUp = true
+					break
+				}
+				caughtUp = false
+				e = &replayEntry{rec: rec, start: start, end: end}
+				p.mu.Lock()
+				_, e.skip = p.skip[rec.seq]
+				e.connEpoch = p.connEpoch
+				p.mu.Unlock()
+			}
+			if !e.skip {
+				done, err := p.br.allow()
+				if err != nil { // open, or half-open with its probes out
+					held = e
+					break
+				}
+				e.done = done
+				p.replayInflight.Add(1)
+				e.fut, e.sendErr = p.js.PublishMsgAsync(e.rec.msg.natsMsg())
+			}
+			q.push(e)
+		}
+		if q.len() == 0 {
+			switch {
+			case failed:
+				p.reader.seek(p.headPos())
+				span.SetStatus(codes.Error, "replay interrupted")
+				p.maybeWriteHead(true)
+				return false
+			case held != nil || !p.connected():
+				p.maybeWriteHead(true)
+				return false // wait for the breaker or the connection
+			case caughtUp:
+				if p.tryFinishReplay() || idle > 2 {
+					return false
+				}
+				idle++ // appended meanwhile: read on
+			}
+			continue
+		}
+		// Settle the oldest record.
+		idle = 0
+		e := q.pop()
+		if e.skip {
+			if !failed {
+				p.commit(e)
+			}
+			continue
+		}
+		ack, err, stopped := p.waitAck(t, e.fut, e.sendErr)
+		if stopped {
+			p.replayInflight.Store(0)
+			held = nil
+			return false
+		}
+		p.replayInflight.Add(-1)
+		out := p.classify(err, e.connEpoch)
+		p.report(e.done, out, ack, e.rec.msg.Subject, err)
+		if failed {
+			continue // later outcomes do not move the head past a failure
+		}
+		switch out {
+		case outOK:
+			replayed++
+			p.met.replayed.Inc()
+		case outRejected:
+			p.mu.Lock()
+			p.rejectLocked(&e.rec.msg, err)
+			p.mu.Unlock()
+		default:
+			failed = true
+			if held != nil {
+				held = nil // re-read from the head
+			}
+			p.mu.Lock()
+			depth := p.depth
+			p.mu.Unlock()
+			p.log.Warn("nats spool replay interrupted; resuming later", "error", err, "spool_depth", depth)
+			continue
+		}
+		p.commit(e)
+		p.maybeWriteHead(false)
+	}
+}
+
+func (p *Publisher) headPos() spoolPos {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.head
+}
+
+// commit moves the head past an acknowledged (or skipped) record.
+func (p *Publisher) commit(e *replayEntry) {
+	p.mu.Lock()
+	p.head = e.end
+	if p.depth > 0 {
+		p.depth--
+	}
+	delete(p.skip, e.rec.seq)
+	if len(p.sp.segs) > 0 {
+		if first := p.sp.segs[0]; first.sealed && (first.idx < p.head.idx || (first.idx == p.head.idx && p.head.off >= first.size)) {
+			p.sp.dropBefore(p.head)
+		}
+	}
+	p.updateSpoolGaugesLocked()
+	p.mu.Unlock()
+}
+
+// maybeWriteHead persists the replay position (at most every 200ms).
+func (p *Publisher) maybeWriteHead(force bool) {
+	if !force && time.Since(p.lastHead) < headCheckpointEvery {
+		return
+	}
+	p.lastHead = time.Now()
+	p.mu.Lock()
+	head, spooling := p.head, p.spooling
+	p.mu.Unlock()
+	if !spooling || head.idx == 0 {
+		return
+	}
+	if err := p.sp.writeHead(head); err != nil {
+		p.logLimited("nats spool: cannot write the replay checkpoint", "error", err)
+	}
+}
+
+// tryFinishReplay deletes the spool and returns to direct publishing if
+// every spooled record has been acknowledged.
+func (p *Publisher) tryFinishReplay() bool {
+	p.mu.Lock()
+	if !p.spooling || p.inflight.len() > 0 || p.sp.hasRecordsAfter(p.head) {
+		p.mu.Unlock()
+		return false
+	}
+	p.sp.reset()
+	p.head = spoolPos{}
+	p.depth = 0
+	clear(p.skip)
+	p.spooling = false
+	// Records still waiting for their fsync have all been acknowledged.
+	b := p.batch
+	p.batch = syncBatch{}
+	p.resolveBatchLocked(&b, nil)
+	p.reader.closeFile()
+	p.reader.seek(spoolPos{})
+	p.updateSpoolGaugesLocked()
+	p.mu.Unlock()
+	p.log.Info("nats spool drained; publishing directly to JetStream")
+	wake(p.dispatchWake)
+	wake(p.notifyWake)
+	return true
+}
+
+// readNext reads the record at the reader's position, moving across
+// segments; ok is false when there is nothing more to read now.
+func (p *Publisher) readNext() (rec spoolRecord, start, end spoolPos, ok bool) {
+	r := &p.reader
+	for {
+		p.mu.Lock()
+		sg := p.sp.find(max(r.pos.idx, 1))
+		var size int64
+		var sealed bool
+		var path string
+		var idx uint64
+		if sg != nil {
+			size, sealed, path, idx = sg.size, sg.sealed, sg.path, sg.idx
+		}
+		p.mu.Unlock()
+		if sg == nil {
+			return rec, start, end, false
+		}
+		if idx != r.pos.idx || r.pos.off < segHeaderLen {
+			r.seek(spoolPos{idx: idx, off: max(segHeaderLen, offIfSame(r.pos, idx))})
+		}
+		if r.pos.off >= size {
+			if sealed {
+				r.seek(spoolPos{idx: idx + 1, off: segHeaderLen})
+				continue
+			}
+			return rec, start, end, false
+		}
+		if r.f == nil || r.fidx != idx {
+			r.closeFile()
+			f, err := os.Open(path)
+			if err != nil {
+				p.logLimited("nats spool: cannot open a segment for replay", "file", path, "error", err)
+				return rec, start, end, false
+			}
+			r.f, r.fidx = f, idx
+		}
+		hdr, err := r.bytes(r.pos.off, recHeaderLen, size)
+		if err != nil {
+			p.skipCorrupt(idx, r.pos.off, err)
+			continue
+		}
+		n := binary.LittleEndian.Uint32(hdr)
+		sum := binary.LittleEndian.Uint32(hdr[4:])
+		if n < minRecordBody || n > maxRecordBody || r.pos.off+recHeaderLen+int64(n) > size {
+			p.skipCorrupt(idx, r.pos.off, errBadRecord)
+			continue
+		}
+		body, err := r.bytes(r.pos.off+recHeaderLen, int(n), size)
+		if err != nil || crc32.Checksum(body, crcTable) != sum {
+			p.skipCorrupt(idx, r.pos.off, errBadRecord)
+			continue
+		}
+		if rec, err = decodeRecord(body); err != nil {
+			p.skipCorrupt(idx, r.pos.off, err)
+			continue
+		}
+		start = r.pos
+		r.pos.off += recHeaderLen + int64(n)
+		return rec, start, r.pos, true
+	}
+}
+
+func offIfSame(p spoolPos, idx uint64) int64 {
+	if p.idx == idx {
+		return p.off
+	}
+	return 0
+}
+
+// skipCorrupt gives up on the rest of a segment that cannot be read (it
+// passed recovery and was written by us, so this means the disk changed
+// under us). New appends go to a fresh segment.
+func (p *Publisher) skipCorrupt(idx uint64, off int64, err error) {
+	p.log.Error("nats spool: unreadable record; skipping the rest of the segment", "segment", idx, "offset", off, "error", err)
+	p.met.spoolErrs.Inc()
+	p.mu.Lock()
+	if sg := p.sp.find(idx); sg != nil && sg.idx == idx {
+		if last := p.sp.last(); last == sg {
+			p.sp.seal()
+		}
+		sg.size = min(sg.size, off) // the unreadable rest no longer counts
+	}
+	p.mu.Unlock()
+	p.reader.seek(spoolPos{idx: idx + 1, off: segHeaderLen})
+}
