@@ -694,7 +694,7 @@ func (p *Publisher) dispatch() {
 		p.inflight.push(r)
 		p.mu.Unlock()
 
-		r.fut, r.sendErr = p.js.PublishMsgAsync(r.m.natsMsg())
+		r.fut, r.sendErr = p.js.PublishMsgAsync(r.m.natsMsg(), noClientRetry)
 		select {
 		case p.collectCh <- r:
 		case <-p.stop:
@@ -720,6 +720,12 @@ func (p *Publisher) collectLoop() {
 		}
 	}
 }
+
+// noClientRetry turns off nats.go's own retry of an async publish that met
+// "no responders" (it re-sends 250ms later, behind our back). A message
+// re-sent that way can overtake the ones spooled after it and land out of
+// order; the spool's replay is the only retry path, and it keeps order.
+var noClientRetry = jetstream.WithRetryAttempts(0)
 
 var errAckTimeout = errors.New("nats publisher: no JetStream ack in time")
 

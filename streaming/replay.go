@@ -130,7 +130,7 @@ func (p *Publisher) replayPass() bool {
 				}
 				e.done = done
 				p.replayInflight.Add(1)
-				e.fut, e.sendErr = p.js.PublishMsgAsync(e.rec.msg.natsMsg())
+				e.fut, e.sendErr = p.js.PublishMsgAsync(e.rec.msg.natsMsg(), noClientRetry)
 			}
 			q.push(e)
 		}
