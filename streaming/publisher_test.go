@@ -930,6 +930,11 @@ func TestPublisherOnStateChange(t *testing.T) {
 		states = append(states, h.State+"/"+h.Mode)
 		mu.Unlock()
 	})
+	// Under load the first connect can time out and the publisher start
+	// disconnected; the change to observe is healthy → disconnected.
+	eventually(t, 10*time.Second, "healthy before the outage", func() bool {
+		return p.Health().State == PublisherHealthy
+	})
 	srv.Stop()
 	eventually(t, 5*time.Second, "disconnected reported", func() bool {
 		mu.Lock()
