@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -310,7 +311,8 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	}
 	svc.parts.idempotency = idempotency.New(idem, idempotent, cfg.Sessions.TurnTimeout+time.Minute, s.log)
 	svc.parts.quota = quotaic.New(limiter)
-	svc.parts.metering = metering.New(s.usageEvents(), s.log, s.reg)
+	svc.parts.metering = metering.New(s.usageEvents(), s.log, s.reg).
+		HonourIdempotencyKeys(func(m string) bool { return slices.Contains(idempotent, m) })
 	if err := s.buildOpenMeterSink(); err != nil {
 		return nil, err
 	}

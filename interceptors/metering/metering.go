@@ -30,10 +30,11 @@ type Emitter interface {
 // it really produced (a session turn the caller left still finishes first:
 // its handler waits for it).
 type Meter struct {
-	emit   Emitter
-	now    func() time.Time
-	log    *slog.Logger
-	failed prometheus.Counter
+	emit       Emitter
+	now        func() time.Time
+	log        *slog.Logger
+	failed     prometheus.Counter
+	idempotent func(fullMethod string) bool
 }
 
 // New returns the interceptor; events that cannot be built are counted in
@@ -49,6 +50,14 @@ func New(emit Emitter, log *slog.Logger, reg prometheus.Registerer) *Meter {
 	if reg != nil {
 		reg.MustRegister(m.failed)
 	}
+	return m
+}
+
+// HonourIdempotencyKeys names the methods whose Idempotency-Key the
+// idempotency interceptor honours; only their keys shape event ids (see
+// eventBase). Without it every call gets ids of its own.
+func (m *Meter) HonourIdempotencyKeys(idempotent func(fullMethod string) bool) *Meter {
+	m.idempotent = idempotent
 	return m
 }
 
@@ -68,16 +77,26 @@ func (m *Meter) ServerReporter(ctx context.Context, meta mwinterceptors.CallMeta
 		return mwinterceptors.NoopReporter{}, ctx
 	}
 	rec := &Recorder{}
-	return &report{m: m, ctx: ctx, meta: meta, id: id, rec: rec, base: eventBase(ctx, id)}, WithRecorder(ctx, rec)
+	r := &report{m: m, ctx: ctx, meta: meta, id: id, rec: rec}
+	if m.idempotent != nil && m.idempotent(meta.FullMethod()) {
+		if k := interceptors.FirstValue(ctx, "idempotency-key"); k != "" && len(k) <= 255 {
+			r.keyBase = billing.IdempotencyBase(id.TenantID, meta.FullMethod()+"\x00"+k)
+		}
+	}
+	return r, WithRecorder(ctx, rec)
 }
 
-// eventBase is what the call's event ids derive from: the tenant and its
-// Idempotency-Key, so a replayed or retried request produces the same ids
-// and is billed once; otherwise an id this server makes for the call. Never
-// the client's X-Request-ID, which a client could reuse to suppress billing.
-func eventBase(ctx context.Context, id *tenancy.Identity) string {
-	if k := interceptors.FirstValue(ctx, "idempotency-key"); k != "" && len(k) <= 255 {
-		return billing.IdempotencyBase(id.TenantID, k)
+// eventBase is what the call's event ids derive from. A successful call of
+// an idempotent method with an Idempotency-Key uses the tenant, method and
+// key: its replays (answered from the idempotency store, also successful)
+// produce the same ids and are billed once. Everything else — calls without
+// a key, methods that ignore keys, failed attempts (which the idempotency
+// store forgets, so a retry really runs again and must be billed again) —
+// gets an id this server makes for the call. Never the client's
+// X-Request-ID, which a client could reuse to suppress billing.
+func (r *report) eventBase(code codes.Code) string {
+	if code == codes.OK && r.keyBase != "" {
+		return r.keyBase
 	}
 	return uuid.NewString()
 }
@@ -88,7 +107,9 @@ type report struct {
 	meta mwinterceptors.CallMeta
 	id   *tenancy.Identity
 	rec  *Recorder
-	base string
+	// keyBase is the id base from the call's Idempotency-Key ("" if none).
+	keyBase string
+	base    string
 }
 
 func (r *report) PostMsgSend(any, error, time.Duration)    {}
@@ -105,6 +126,7 @@ func (r *report) PostCall(err error, d time.Duration) {
 		endpoint, method = info.HTTPRoute, info.HTTPMethod
 	}
 	tenant := r.id.TenantID
+	r.base = r.eventBase(code)
 	r.send(billing.NewAPIRequest(billing.EventID(r.base, billing.TypeAPIRequest, 0), tenant, now, billing.APIRequest{
 		Endpoint:   endpoint,
 		Method:     method,

@@ -107,27 +107,54 @@ func TestUnaryEmitsRequestAndRecordedUsage(t *testing.T) {
 	}
 }
 
-func TestIdempotencyKeyMakesIDsRepeatable(t *testing.T) {
+// TestIdempotencyKeyIDs: a successful call of an idempotent method with an
+// Idempotency-Key gets ids from the tenant, method and key, so its replays
+// are billed once; everything else gets ids of its own, so that work which
+// really ran again (a retry after a failure, a method that ignores keys) is
+// billed again.
+func TestIdempotencyKeyIDs(t *testing.T) {
 	t.Parallel()
-	run := func(key string) []event.Event {
+	const sendMessage = "/kgents.sessions.v1.SessionsService/SendMessage"
+	run := func(fullMethod, key string, fail bool) []event.Event {
 		c := &capture{}
-		ic := metering.New(c, slog.Default(), nil).Unary()
-		_, _ = ic(tenantCtx(key), nil, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
+		ic := metering.New(c, slog.Default(), nil).
+			HonourIdempotencyKeys(func(m string) bool { return m == sendMessage || m == "/other/Idempotent" }).Unary()
+		_, _ = ic(tenantCtx(key), nil, &grpc.UnaryServerInfo{FullMethod: fullMethod}, func(ctx context.Context, _ any) (any, error) {
 			metering.RecordTokens(ctx, metering.TokenUsage{TokensOut: 3})
+			if fail {
+				return nil, status.Error(codes.Unavailable, "engine failed mid-reply")
+			}
 			return nil, nil
 		})
+		if len(c.events) != 2 {
+			t.Fatalf("%s key=%q fail=%v: %d events, want api.request and llm.tokens", fullMethod, key, fail, len(c.events))
+		}
 		return c.events
 	}
-	a, b := run("k-1"), run("k-1")
-	if len(a) != 2 || a[0].ID() != b[0].ID() || a[1].ID() != b[1].ID() {
-		t.Errorf("a retry with the same key must produce the same ids: %v vs %v", a, b)
+	same := func(a, b []event.Event) bool { return a[0].ID() == b[0].ID() && a[1].ID() == b[1].ID() }
+	ok := run(sendMessage, "k-1", false)
+	tests := []struct {
+		name string
+		got  []event.Event
+		same bool
+	}{
+		{"replay of a success", run(sendMessage, "k-1", false), true},
+		{"failed attempt with the key", run(sendMessage, "k-1", true), false},
+		{"another key", run(sendMessage, "k-2", false), false},
+		{"same key on another idempotent method", run("/other/Idempotent", "k-1", false), false},
+		{"same key on a method that ignores keys", run(method, "k-1", false), false},
+		{"no key", run(sendMessage, "", false), false},
 	}
-	c, d := run(""), run("")
-	if c[0].ID() == d[0].ID() {
-		t.Error("calls without a key must get distinct ids")
+	for _, tt := range tests {
+		if same(ok, tt.got) != tt.same {
+			t.Errorf("%s: same ids = %v, want %v", tt.name, !tt.same, tt.same)
+		}
 	}
-	if e := run("k-2"); e[0].ID() == a[0].ID() {
-		t.Error("different keys must get distinct ids")
+	if a, b := run(sendMessage, "k-3", true), run(sendMessage, "k-3", true); same(a, b) {
+		t.Error("two failed attempts with one key both ran: they need distinct ids")
+	}
+	if a, b := run(method, "k-4", false), run(method, "k-4", false); same(a, b) {
+		t.Error("a method that ignores keys ran twice: it needs distinct ids")
 	}
 }
 
