@@ -20,7 +20,9 @@ import (
 	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 )
 
-type echo struct{ soulv1.UnimplementedSoulServiceServer }
+type echo struct {
+	soulv1.UnimplementedSoulServiceServer
+}
 
 func (echo) Dialogue(_ context.Context, req *soulv1.DialogueRequest) (*soulv1.DialogueResponse, error) {
 	return &soulv1.DialogueResponse{Response: req.GetPrompt(), Mode: req.GetMode(), Budget: req.GetBudget()}, nil
