@@ -4,7 +4,8 @@
 #   1. Go micro-benchmarks of the hot paths (-benchmem, BENCHCOUNT runs each),
 #      summarised with benchstat; BENCH_BASE=<old go.txt> compares against an
 #      earlier run.
-#   2. Fan-out latency: BenchmarkWatchLatency (1, 100, 1,000 watchers).
+#   2. Fan-out: BenchmarkWatchFanout (hub vs a JetStream consumer per watcher)
+#      and BenchmarkWatchLatency (1, 100, 1,000 watchers, end to end).
 #   3. The REST load benchmark: wrk at LOAD_CONNS connections for LOAD_SECONDS
 #      against POST /v1/soul/dialogue, first on a bare grpc-gateway
 #      pass-through (the baseline), then on kgentsd with its full chain.
@@ -42,7 +43,7 @@ if part go; then
 	gobench ./interceptors/metering/ .
 	gobench ./server/ 'BenchmarkDialogue|BenchmarkSSEWrite|BenchmarkChainOverhead'
 	# Throughput benchmarks move a fixed number of messages per run.
-	BENCHTIME=200000x gobench ./streaming/ .
+	BENCHTIME=200000x gobench ./streaming/ 'BenchmarkPublish|BenchmarkSpool|BenchmarkSpan|BenchmarkRawPublish'
 	BENCHTIME=200000x BENCHCOUNT=3 gobench ./billing/ .
 	$GO tool -modfile=tools/go.mod benchstat "$OUT/go.txt" >"$OUT/go-summary.txt"
 	if [[ -n ${BENCH_BASE:-} ]]; then
@@ -53,8 +54,9 @@ fi
 
 # ---- 2. Fan-out latency -----------------------------------------------------
 if part watch; then
-	log "Fan-out latency (20 turns per case) → $OUT/watch.txt"
-	$GO test -run '^$' -bench BenchmarkWatchLatency -benchtime "${WATCH_TURNS:-20}x" -count 1 -timeout 30m ./server/ | tee "$OUT/watch.txt"
+	log "Fan-out: hub vs ordered consumers, then end-to-end latency (20 turns per case) → $OUT/watch.txt"
+	$GO test -run '^$' -bench BenchmarkWatchFanout -benchmem -benchtime 2000x -count 1 ./streaming/ | tee "$OUT/watch.txt"
+	$GO test -run '^$' -bench BenchmarkWatchLatency -benchtime "${WATCH_TURNS:-20}x" -count 1 -timeout 30m ./server/ | tee -a "$OUT/watch.txt"
 fi
 
 # ---- 3. REST load -----------------------------------------------------------
