@@ -98,7 +98,9 @@ func fullChain(b *testing.B, withMetering bool) []grpc.ServerOption {
 		recovery:    recovery.New(log, reg),
 	}
 	if withMetering {
-		parts.metering = metering.New(dropEvents{}, log, nil)
+		meter := metering.New(dropEvents{}, log, nil).Async(meteringQueue)
+		b.Cleanup(func() { _ = meter.Close(context.Background()) })
+		parts.metering = meter
 	}
 	unary, stream := parts.chain()
 	return []grpc.ServerOption{

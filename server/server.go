@@ -311,8 +311,14 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	}
 	svc.parts.idempotency = idempotency.New(idem, idempotent, cfg.Sessions.TurnTimeout+time.Minute, s.log)
 	svc.parts.quota = quotaic.New(limiter)
-	svc.parts.metering = metering.New(s.usageEvents(), s.log, s.reg).
-		HonourIdempotencyKeys(func(m string) bool { return slices.Contains(idempotent, m) })
+	// Usage events are built off the request path; the closer (run after
+	// the servers stop, before the publisher closes: closers run in
+	// reverse) drains what is queued.
+	meter := metering.New(s.usageEvents(), s.log, s.reg).
+		HonourIdempotencyKeys(func(m string) bool { return slices.Contains(idempotent, m) }).
+		Async(meteringQueue)
+	s.addCloser(meter.Close)
+	svc.parts.metering = meter
 	if err := s.buildOpenMeterSink(); err != nil {
 		return nil, err
 	}
@@ -357,6 +363,10 @@ func (s *Server) buildOpenMeterSink() error {
 	}
 	return nil
 }
+
+// meteringQueue is how many finished calls may wait for their usage events
+// to be built (beyond it, callers build their own: slower, never lost).
+const meteringQueue = 4096
 
 // watchAdapter gives the Sessions service its view of streaming.
 type watchAdapter struct {

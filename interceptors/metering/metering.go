@@ -3,6 +3,7 @@ package metering
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -35,6 +36,12 @@ type Meter struct {
 	log        *slog.Logger
 	failed     prometheus.Counter
 	idempotent func(fullMethod string) bool
+
+	// Async mode (nil queue: events are built on the caller's goroutine).
+	queue   chan *call
+	queueMu sync.RWMutex
+	closed  bool
+	drained chan struct{}
 }
 
 // New returns the interceptor; events that cannot be built are counted in
@@ -86,21 +93,6 @@ func (m *Meter) ServerReporter(ctx context.Context, meta mwinterceptors.CallMeta
 	return r, WithRecorder(ctx, rec)
 }
 
-// eventBase is what the call's event ids derive from. A successful call of
-// an idempotent method with an Idempotency-Key uses the tenant, method and
-// key: its replays (answered from the idempotency store, also successful)
-// produce the same ids and are billed once. Everything else — calls without
-// a key, methods that ignore keys, failed attempts (which the idempotency
-// store forgets, so a retry really runs again and must be billed again) —
-// gets an id this server makes for the call. Never the client's
-// X-Request-ID, which a client could reuse to suppress billing.
-func (r *report) eventBase(code codes.Code) string {
-	if code == codes.OK && r.keyBase != "" {
-		return r.keyBase
-	}
-	return uuid.NewString()
-}
-
 type report struct {
 	m    *Meter
 	ctx  context.Context
@@ -109,73 +101,155 @@ type report struct {
 	rec  *Recorder
 	// keyBase is the id base from the call's Idempotency-Key ("" if none).
 	keyBase string
-	base    string
 }
 
 func (r *report) PostMsgSend(any, error, time.Duration)    {}
 func (r *report) PostMsgReceive(any, error, time.Duration) {}
 
-// PostCall emits the call's events: api.request, then what the services
-// recorded, each with its own deterministic id.
+// PostCall hands what the call did to the Meter, which emits its events.
 func (r *report) PostCall(err error, d time.Duration) {
-	now := r.m.now()
-	code := status.Code(err)
-	info := interceptors.InfoFrom(r.ctx)
-	endpoint, method := r.meta.FullMethod(), "GRPC"
-	if info.ViaGateway && info.HTTPRoute != "" {
-		endpoint, method = info.HTTPRoute, info.HTTPMethod
+	c := &call{
+		ctx: r.ctx, meta: r.meta, info: interceptors.InfoFrom(r.ctx),
+		tenant: r.id.TenantID, keyBase: r.keyBase,
+		code: status.Code(err), d: d, at: r.m.now(),
 	}
-	tenant := r.id.TenantID
-	r.base = r.eventBase(code)
-	r.send(billing.NewAPIRequest(billing.EventID(r.base, billing.TypeAPIRequest, 0), tenant, now, billing.APIRequest{
+	c.tokens, c.invokes, c.sessions = r.rec.Drain()
+	r.m.dispatch(c)
+}
+
+// call is what a finished call leaves for its usage events.
+type call struct {
+	ctx      context.Context
+	meta     mwinterceptors.CallMeta
+	info     interceptors.CallInfo
+	tenant   string
+	keyBase  string
+	code     codes.Code
+	d        time.Duration
+	at       time.Time
+	tokens   []TokenUsage
+	invokes  []InvokeUsage
+	sessions []SessionUsage
+}
+
+// eventBase is what the call's event ids derive from. A successful call of
+// an idempotent method with an Idempotency-Key uses the tenant, method and
+// key: its replays (answered from the idempotency store, also successful)
+// produce the same ids and are billed once. Everything else — calls without
+// a key, methods that ignore keys, failed attempts (which the idempotency
+// store forgets, so a retry really runs again and must be billed again) —
+// gets an id this server makes for the call. Never the client's
+// X-Request-ID, which a client could reuse to suppress billing.
+func (c *call) eventBase() string {
+	if c.code == codes.OK && c.keyBase != "" {
+		return c.keyBase
+	}
+	return uuid.NewString()
+}
+
+// emitEvents builds and emits a call's events: api.request, then what the
+// services recorded, each with its own deterministic id.
+func (m *Meter) emitEvents(c *call) {
+	endpoint, method := c.meta.FullMethod(), "GRPC"
+	if c.info.ViaGateway && c.info.HTTPRoute != "" {
+		endpoint, method = c.info.HTTPRoute, c.info.HTTPMethod
+	}
+	base, tenant, now := c.eventBase(), c.tenant, c.at
+	emit := func(ev event.Event, err error) { m.send(c, ev, err) }
+	emit(billing.NewAPIRequest(billing.EventID(base, billing.TypeAPIRequest, 0), tenant, now, billing.APIRequest{
 		Endpoint:   endpoint,
 		Method:     method,
-		StatusCode: interceptors.HTTPStatus(code),
-		GRPCCode:   int(code),
-		DurationMS: float64(d.Microseconds()) / 1000,
+		StatusCode: interceptors.HTTPStatus(c.code),
+		GRPCCode:   int(c.code),
+		DurationMS: float64(c.d.Microseconds()) / 1000,
 	}))
-	if code == codes.ResourceExhausted && r.rec.empty() {
-		return // refused by quota: nothing else happened
-	}
-	tokens, invokes, sessions := r.rec.Drain()
-	for i, t := range tokens {
-		r.send(billing.NewLLMTokens(billing.EventID(r.base, billing.TypeLLMTokens, i), tenant, now, billing.LLMTokens{
+	// A call refused by quota records nothing: nothing else happened.
+	for i, t := range c.tokens {
+		emit(billing.NewLLMTokens(billing.EventID(base, billing.TypeLLMTokens, i), tenant, now, billing.LLMTokens{
 			TokensIn: t.TokensIn, TokensOut: t.TokensOut, TokensTotal: t.TokensIn + t.TokensOut,
 			Model: t.Model, SessionID: t.SessionID, Mode: t.Mode, Budget: t.Budget,
 		}))
 	}
-	for i, inv := range invokes {
-		r.send(billing.NewAgenteseInvoke(billing.EventID(r.base, billing.TypeAgenteseInvoke, i), tenant, now, billing.AgenteseInvoke{
+	for i, inv := range c.invokes {
+		emit(billing.NewAgenteseInvoke(billing.EventID(base, billing.TypeAgenteseInvoke, i), tenant, now, billing.AgenteseInvoke{
 			Path: inv.Path, Aspect: inv.Aspect, TokensUsed: inv.TokensUsed,
 		}))
 	}
 	creates, messages := 0, 0
-	for _, s := range sessions {
+	for _, s := range c.sessions {
 		if s.Role == "" {
-			r.send(billing.NewSessionCreate(billing.EventID(r.base, billing.TypeSessionCreate, creates), tenant, now, billing.SessionCreate{
+			emit(billing.NewSessionCreate(billing.EventID(base, billing.TypeSessionCreate, creates), tenant, now, billing.SessionCreate{
 				SessionID: s.SessionID, AgentType: s.AgentType,
 			}))
 			creates++
 			continue
 		}
-		r.send(billing.NewSessionMessage(billing.EventID(r.base, billing.TypeSessionMessage, messages), tenant, now, billing.SessionMessage{
+		emit(billing.NewSessionMessage(billing.EventID(base, billing.TypeSessionMessage, messages), tenant, now, billing.SessionMessage{
 			SessionID: s.SessionID, Role: s.Role, MessageLength: s.MessageLength,
 		}))
 		messages++
 	}
 }
 
-func (r *report) send(ev event.Event, err error) {
+func (m *Meter) send(c *call, ev event.Event, err error) {
 	if err != nil {
-		r.m.failed.Inc()
-		r.m.log.ErrorContext(r.ctx, "usage event could not be built", "error", err)
+		m.failed.Inc()
+		m.log.ErrorContext(c.ctx, "usage event could not be built", "error", err)
 		return
 	}
-	r.m.emit.Emit(ev)
+	m.emit.Emit(ev)
 }
 
-func (r *Recorder) empty() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.tokens) == 0 && len(r.invokes) == 0 && len(r.sessions) == 0
+// Async moves building and emitting usage events off the request path:
+// PostCall queues the call's usage (up to queue calls) and one goroutine
+// builds the CloudEvents and hands them to the Emitter, in the order the
+// calls ended. When the queue is full, or after Close, the caller's
+// goroutine builds them itself: slower, never lost. Close drains the queue;
+// call it once no more calls run and before the Emitter closes.
+func (m *Meter) Async(queue int) *Meter {
+	m.queue = make(chan *call, max(queue, 1))
+	m.drained = make(chan struct{})
+	go func() {
+		defer close(m.drained)
+		for c := range m.queue {
+			m.emitEvents(c)
+		}
+	}()
+	return m
+}
+
+func (m *Meter) dispatch(c *call) {
+	if m.queue != nil {
+		m.queueMu.RLock()
+		if !m.closed {
+			select {
+			case m.queue <- c:
+				m.queueMu.RUnlock()
+				return
+			default: // full: build here rather than wait or drop
+			}
+		}
+		m.queueMu.RUnlock()
+	}
+	m.emitEvents(c)
+}
+
+// Close stops queueing and waits until every queued call's events are
+// emitted, or ctx ends. A synchronous Meter has nothing to do.
+func (m *Meter) Close(ctx context.Context) error {
+	if m.queue == nil {
+		return nil
+	}
+	m.queueMu.Lock()
+	if !m.closed {
+		m.closed = true
+		close(m.queue)
+	}
+	m.queueMu.Unlock()
+	select {
+	case <-m.drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

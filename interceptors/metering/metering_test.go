@@ -251,3 +251,85 @@ func BenchmarkMeterUnary(b *testing.B) {
 		_, _ = ic(ctx, nil, info, handler)
 	}
 }
+
+// blockingEmitter holds every Emit until release is closed, telling
+// entered each time one starts.
+type blockingEmitter struct {
+	capture
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingEmitter) Emit(ev event.Event) {
+	select {
+	case b.entered <- struct{}{}:
+	default:
+	}
+	<-b.release
+	b.capture.Emit(ev)
+}
+
+// TestAsyncEmitsOffTheCallAndDrainsOnClose: in async mode the call returns
+// before its events are built; Close waits for them; a full queue or a
+// closed Meter builds them on the caller's goroutine, so none is lost.
+func TestAsyncEmitsOffTheCallAndDrainsOnClose(t *testing.T) {
+	t.Parallel()
+	em := &blockingEmitter{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	m := metering.New(em, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Async(1)
+	ic := m.Unary()
+	handler := func(ctx context.Context, _ any) (any, error) {
+		metering.RecordTokens(ctx, metering.TokenUsage{TokensOut: 5})
+		return "ok", nil
+	}
+	call := func() {
+		if _, err := ic(tenantCtx(""), nil, &grpc.UnaryServerInfo{FullMethod: method}, handler); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// The first call is taken by the worker, which blocks in Emit; the
+	// second waits in the queue; neither call waits for its events.
+	done := make(chan struct{})
+	go func() {
+		call()
+		<-em.entered // the worker holds the first call's events
+		call()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("calls waited for their usage events")
+	}
+	// The queue (1) is now full: a third call builds its events itself,
+	// blocking on the emitter like the worker.
+	third := make(chan struct{})
+	go func() { call(); close(third) }()
+	select {
+	case <-third:
+		t.Fatal("a call with the queue full returned before emitting: its events would be lost")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(em.release)
+	<-third
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(em.byType("api.request")); got != 3 {
+		t.Errorf("%d api.request events after Close, want 3", got)
+	}
+	if got := len(em.byType("llm.tokens")); got != 3 {
+		t.Errorf("%d llm.tokens events after Close, want 3", got)
+	}
+	// After Close, calls (a forced shutdown's stragglers) still emit.
+	call()
+	if got := len(em.byType("api.request")); got != 4 {
+		t.Errorf("%d api.request events after a call past Close, want 4", got)
+	}
+	if err := m.Close(ctx); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+}
