@@ -92,6 +92,11 @@ func FirstValue(ctx context.Context, key string) string {
 type Tags struct {
 	TenantID string
 	KeyID    string
+	// UsageID is what the call's usage events are billed under when it
+	// carries an Idempotency-Key the idempotency interceptor honours: a
+	// fresh id for a run that claimed the key, the stored run's id for a
+	// replay (so the replay is billed once). Empty otherwise.
+	UsageID string
 }
 
 type tagsKey struct{}

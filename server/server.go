@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -314,9 +313,7 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	// Usage events are built off the request path; the closer (run after
 	// the servers stop, before the publisher closes: closers run in
 	// reverse) drains what is queued.
-	meter := metering.New(s.usageEvents(), s.log, s.reg).
-		HonourIdempotencyKeys(func(m string) bool { return slices.Contains(idempotent, m) }).
-		Async(meteringQueue)
+	meter := metering.New(s.usageEvents(), s.log, s.reg).Async(meteringQueue)
 	s.addCloser(meter.Close)
 	svc.parts.metering = meter
 	if err := s.buildOpenMeterSink(); err != nil {

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/google/uuid"
 	"log/slog"
 	"time"
 
@@ -91,6 +92,11 @@ func requestHash(method string, req proto.Message) (string, error) {
 
 // claim decides what to do with a keyed call: run it (claimed), or answer
 // with a stored entry or a conflict.
+//
+// A run that claims the key gets a fresh usage id, a replay the stored
+// run's; either goes into the call's Tags for metering. A key reused after
+// its entry expired (or was released) is a new run with a new usage id, so
+// work that really runs again is billed again.
 func (i *Interceptor) claim(ctx context.Context, method string, req proto.Message) (storeKeyed string, reqHash string, replay *Entry, err error) {
 	key, err := keyFor(ctx)
 	if err != nil || key == "" {
@@ -105,11 +111,13 @@ func (i *Interceptor) claim(ctx context.Context, method string, req proto.Messag
 		return "", "", nil, status.Error(codes.Internal, "hashing the request: "+err.Error())
 	}
 	sk := storeKey(id.TenantID, key)
-	existing, claimed, err := i.store.Claim(ctx, sk, Entry{RequestHash: reqHash, Started: time.Now()}, i.staleAfter)
+	usageID := uuid.NewString()
+	existing, claimed, err := i.store.Claim(ctx, sk, Entry{RequestHash: reqHash, Started: time.Now(), UsageID: usageID}, i.staleAfter)
 	if err != nil {
 		return "", "", nil, status.Error(codes.Unavailable, "Idempotency-Key cannot be honoured right now; retry shortly")
 	}
 	if claimed {
+		setUsageID(ctx, usageID)
 		return sk, reqHash, nil, nil
 	}
 	switch {
@@ -120,7 +128,14 @@ func (i *Interceptor) claim(ctx context.Context, method string, req proto.Messag
 	case existing.TooLarge:
 		return "", "", nil, status.Error(codes.FailedPrecondition, "The response to this Idempotency-Key was too large to keep; use a new key")
 	}
+	setUsageID(ctx, existing.UsageID)
 	return "", "", existing, nil
+}
+
+func setUsageID(ctx context.Context, id string) {
+	if t := interceptors.TagsFrom(ctx); t != nil {
+		t.UsageID = id
+	}
 }
 
 // finish keeps a successful outcome or forgets a failed one.
@@ -134,6 +149,9 @@ func (i *Interceptor) finish(ctx context.Context, sk, reqHash string, msgs []pro
 		return
 	}
 	e := Entry{Done: true, RequestHash: reqHash, Started: time.Now()}
+	if t := interceptors.TagsFrom(ctx); t != nil {
+		e.UsageID = t.UsageID
+	}
 	size := 0
 	for _, m := range msgs {
 		a, err := anypb.New(m)

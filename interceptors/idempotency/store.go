@@ -23,6 +23,9 @@ type Entry struct {
 	Messages [][]byte `json:"messages,omitempty"`
 	// TooLarge marks a response that was not kept because of its size.
 	TooLarge bool `json:"too_large,omitempty"`
+	// UsageID is the id the run's usage events were billed under; replays
+	// carry it so they are not billed again (interceptors.Tags.UsageID).
+	UsageID string `json:"usage_id,omitempty"`
 }
 
 // Store keeps entries for TTL.

@@ -31,16 +31,16 @@ type Emitter interface {
 // it really produced (a session turn the caller left still finishes first:
 // its handler waits for it).
 type Meter struct {
-	emit       Emitter
-	now        func() time.Time
-	log        *slog.Logger
-	failed     prometheus.Counter
-	idempotent func(fullMethod string) bool
+	emit   Emitter
+	now    func() time.Time
+	log    *slog.Logger
+	failed prometheus.Counter
 
 	// Async mode (nil queue: events are built on the caller's goroutine).
 	queue   chan *call
 	queueMu sync.RWMutex
 	closed  bool
+	inline  sync.WaitGroup // callers building their own events before Close
 	drained chan struct{}
 }
 
@@ -60,14 +60,6 @@ func New(emit Emitter, log *slog.Logger, reg prometheus.Registerer) *Meter {
 	return m
 }
 
-// HonourIdempotencyKeys names the methods whose Idempotency-Key the
-// idempotency interceptor honours; only their keys shape event ids (see
-// eventBase). Without it every call gets ids of its own.
-func (m *Meter) HonourIdempotencyKeys(idempotent func(fullMethod string) bool) *Meter {
-	m.idempotent = idempotent
-	return m
-}
-
 // Unary is the unary interceptor.
 func (m *Meter) Unary() grpc.UnaryServerInterceptor { return mwinterceptors.UnaryServerInterceptor(m) }
 
@@ -84,13 +76,7 @@ func (m *Meter) ServerReporter(ctx context.Context, meta mwinterceptors.CallMeta
 		return mwinterceptors.NoopReporter{}, ctx
 	}
 	rec := &Recorder{}
-	r := &report{m: m, ctx: ctx, meta: meta, id: id, rec: rec}
-	if m.idempotent != nil && m.idempotent(meta.FullMethod()) {
-		if k := interceptors.FirstValue(ctx, "idempotency-key"); k != "" && len(k) <= 255 {
-			r.keyBase = billing.IdempotencyBase(id.TenantID, meta.FullMethod()+"\x00"+k)
-		}
-	}
-	return r, WithRecorder(ctx, rec)
+	return &report{m: m, ctx: ctx, meta: meta, id: id, rec: rec}, WithRecorder(ctx, rec)
 }
 
 type report struct {
@@ -99,8 +85,6 @@ type report struct {
 	meta mwinterceptors.CallMeta
 	id   *tenancy.Identity
 	rec  *Recorder
-	// keyBase is the id base from the call's Idempotency-Key ("" if none).
-	keyBase string
 }
 
 func (r *report) PostMsgSend(any, error, time.Duration)    {}
@@ -109,9 +93,11 @@ func (r *report) PostMsgReceive(any, error, time.Duration) {}
 // PostCall hands what the call did to the Meter, which emits its events.
 func (r *report) PostCall(err error, d time.Duration) {
 	c := &call{
-		ctx: r.ctx, meta: r.meta, info: interceptors.InfoFrom(r.ctx),
-		tenant: r.id.TenantID, keyBase: r.keyBase,
-		code: status.Code(err), d: d, at: r.m.now(),
+		ctx: r.ctx, method: r.meta.FullMethod(), info: interceptors.InfoFrom(r.ctx),
+		tenant: r.id.TenantID, code: status.Code(err), d: d, at: r.m.now(),
+	}
+	if t := interceptors.TagsFrom(r.ctx); t != nil {
+		c.usageID = t.UsageID
 	}
 	c.tokens, c.invokes, c.sessions = r.rec.Drain()
 	r.m.dispatch(c)
@@ -119,11 +105,11 @@ func (r *report) PostCall(err error, d time.Duration) {
 
 // call is what a finished call leaves for its usage events.
 type call struct {
-	ctx      context.Context
-	meta     mwinterceptors.CallMeta
+	ctx      context.Context // for the log line of an event that cannot be built
+	method   string
 	info     interceptors.CallInfo
 	tenant   string
-	keyBase  string
+	usageID  string
 	code     codes.Code
 	d        time.Duration
 	at       time.Time
@@ -132,17 +118,16 @@ type call struct {
 	sessions []SessionUsage
 }
 
-// eventBase is what the call's event ids derive from. A successful call of
-// an idempotent method with an Idempotency-Key uses the tenant, method and
-// key: its replays (answered from the idempotency store, also successful)
-// produce the same ids and are billed once. Everything else — calls without
-// a key, methods that ignore keys, failed attempts (which the idempotency
-// store forgets, so a retry really runs again and must be billed again) —
-// gets an id this server makes for the call. Never the client's
-// X-Request-ID, which a client could reuse to suppress billing.
+// eventBase is what the call's event ids derive from: the usage id the
+// idempotency interceptor gave a call with an Idempotency-Key (fresh for a
+// run, the stored run's for a replay, so a replay is billed once and work
+// that really runs again — a retry after a failure, a key reused after it
+// expired — is billed again), otherwise an id made here for the call.
+// Never anything the client chose (an Idempotency-Key or X-Request-ID
+// could be reused to suppress billing).
 func (c *call) eventBase() string {
-	if c.code == codes.OK && c.keyBase != "" {
-		return c.keyBase
+	if c.usageID != "" {
+		return billing.IdempotencyBase(c.tenant, c.usageID)
 	}
 	return uuid.NewString()
 }
@@ -150,7 +135,7 @@ func (c *call) eventBase() string {
 // emitEvents builds and emits a call's events: api.request, then what the
 // services recorded, each with its own deterministic id.
 func (m *Meter) emitEvents(c *call) {
-	endpoint, method := c.meta.FullMethod(), "GRPC"
+	endpoint, method := c.method, "GRPC"
 	if c.info.ViaGateway && c.info.HTTPRoute != "" {
 		endpoint, method = c.info.HTTPRoute, c.info.HTTPMethod
 	}
@@ -202,10 +187,12 @@ func (m *Meter) send(c *call, ev event.Event, err error) {
 
 // Async moves building and emitting usage events off the request path:
 // PostCall queues the call's usage (up to queue calls) and one goroutine
-// builds the CloudEvents and hands them to the Emitter, in the order the
-// calls ended. When the queue is full, or after Close, the caller's
-// goroutine builds them itself: slower, never lost. Close drains the queue;
-// call it once no more calls run and before the Emitter closes.
+// builds the CloudEvents and hands them to the Emitter. When the queue is
+// full the caller's goroutine builds its own events instead (slower, never
+// lost; such events may overtake queued ones — order across calls carries
+// no meaning), and so does a call that ends after Close. Close drains the
+// queue and waits for callers already building; call it once the server
+// has stopped and before the Emitter closes.
 func (m *Meter) Async(queue int) *Meter {
 	m.queue = make(chan *call, max(queue, 1))
 	m.drained = make(chan struct{})
@@ -219,18 +206,25 @@ func (m *Meter) Async(queue int) *Meter {
 }
 
 func (m *Meter) dispatch(c *call) {
-	if m.queue != nil {
-		m.queueMu.RLock()
-		if !m.closed {
-			select {
-			case m.queue <- c:
-				m.queueMu.RUnlock()
-				return
-			default: // full: build here rather than wait or drop
-			}
-		}
-		m.queueMu.RUnlock()
+	if m.queue == nil {
+		m.emitEvents(c)
+		return
 	}
+	m.queueMu.RLock()
+	if m.closed {
+		m.queueMu.RUnlock()
+		m.emitEvents(c) // a straggler after Close
+		return
+	}
+	select {
+	case m.queue <- c:
+		m.queueMu.RUnlock()
+		return
+	default: // full: build here rather than wait or drop
+	}
+	m.inline.Add(1)
+	m.queueMu.RUnlock()
+	defer m.inline.Done()
 	m.emitEvents(c)
 }
 
@@ -246,8 +240,14 @@ func (m *Meter) Close(ctx context.Context) error {
 		close(m.queue)
 	}
 	m.queueMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		<-m.drained
+		m.inline.Wait()
+		close(done)
+	}()
 	select {
-	case <-m.drained:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -17,7 +17,9 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 	"github.com/kgents/kgents-go/interceptors"
+	"github.com/kgents/kgents-go/interceptors/idempotency"
 	"github.com/kgents/kgents-go/interceptors/metering"
 	"github.com/kgents/kgents-go/tenancy"
 )
@@ -107,54 +109,70 @@ func TestUnaryEmitsRequestAndRecordedUsage(t *testing.T) {
 	}
 }
 
-// TestIdempotencyKeyIDs: a successful call of an idempotent method with an
-// Idempotency-Key gets ids from the tenant, method and key, so its replays
-// are billed once; everything else gets ids of its own, so that work which
-// really ran again (a retry after a failure, a method that ignores keys) is
-// billed again.
+// TestIdempotencyKeyIDs runs metering outside the real idempotency
+// interceptor, as the server does. A replay of a successful keyed call is
+// billed under the run's ids (deduplicated); everything that really runs —
+// a retry after a failure, a key reused after its entry expired, a key on a
+// method that ignores it, no key — gets ids of its own.
 func TestIdempotencyKeyIDs(t *testing.T) {
 	t.Parallel()
 	const sendMessage = "/kgents.sessions.v1.SessionsService/SendMessage"
+	store := idempotency.NewMemory(200 * time.Millisecond)
+	idem := idempotency.New(store, []string{sendMessage}, time.Minute, slog.Default()).Unary()
 	run := func(fullMethod, key string, fail bool) []event.Event {
 		c := &capture{}
-		ic := metering.New(c, slog.Default(), nil).
-			HonourIdempotencyKeys(func(m string) bool { return m == sendMessage || m == "/other/Idempotent" }).Unary()
-		_, _ = ic(tenantCtx(key), nil, &grpc.UnaryServerInfo{FullMethod: fullMethod}, func(ctx context.Context, _ any) (any, error) {
+		meter := metering.New(c, slog.Default(), nil).Unary()
+		info := &grpc.UnaryServerInfo{FullMethod: fullMethod}
+		handler := func(ctx context.Context, _ any) (any, error) {
 			metering.RecordTokens(ctx, metering.TokenUsage{TokensOut: 3})
 			if fail {
 				return nil, status.Error(codes.Unavailable, "engine failed mid-reply")
 			}
-			return nil, nil
-		})
-		if len(c.events) != 2 {
-			t.Fatalf("%s key=%q fail=%v: %d events, want api.request and llm.tokens", fullMethod, key, fail, len(c.events))
+			return &soulv1.DialogueResponse{Response: "ok"}, nil
 		}
+		ctx := interceptors.WithTags(tenantCtx(key), &interceptors.Tags{})
+		_, _ = meter(ctx, &soulv1.DialogueRequest{Prompt: "same"}, info, func(ctx context.Context, req any) (any, error) {
+			return idem(ctx, req, info, handler)
+		})
 		return c.events
 	}
-	same := func(a, b []event.Event) bool { return a[0].ID() == b[0].ID() && a[1].ID() == b[1].ID() }
-	ok := run(sendMessage, "k-1", false)
-	tests := []struct {
-		name string
-		got  []event.Event
-		same bool
-	}{
-		{"replay of a success", run(sendMessage, "k-1", false), true},
-		{"failed attempt with the key", run(sendMessage, "k-1", true), false},
-		{"another key", run(sendMessage, "k-2", false), false},
-		{"same key on another idempotent method", run("/other/Idempotent", "k-1", false), false},
-		{"same key on a method that ignores keys", run(method, "k-1", false), false},
-		{"no key", run(sendMessage, "", false), false},
-	}
-	for _, tt := range tests {
-		if same(ok, tt.got) != tt.same {
-			t.Errorf("%s: same ids = %v, want %v", tt.name, !tt.same, tt.same)
+	apiRequestID := func(evs []event.Event) string {
+		for _, e := range evs {
+			if e.Type() == "api.request" {
+				return e.ID()
+			}
 		}
+		t.Fatal("no api.request event")
+		return ""
 	}
-	if a, b := run(sendMessage, "k-3", true), run(sendMessage, "k-3", true); same(a, b) {
-		t.Error("two failed attempts with one key both ran: they need distinct ids")
+
+	first := run(sendMessage, "k-1", false)
+	if len(first) != 2 {
+		t.Fatalf("first run: %d events, want api.request and llm.tokens", len(first))
 	}
-	if a, b := run(method, "k-4", false), run(method, "k-4", false); same(a, b) {
-		t.Error("a method that ignores keys ran twice: it needs distinct ids")
+	if replay := run(sendMessage, "k-1", false); len(replay) != 1 || apiRequestID(replay) != apiRequestID(first) {
+		t.Errorf("a replay must bill only api.request, under the run's id: %v vs %v", replay, first)
+	}
+
+	failed := run(sendMessage, "k-2", true)
+	retried := run(sendMessage, "k-2", false)
+	if len(retried) != 2 || apiRequestID(failed) == apiRequestID(retried) || failed[1].ID() == retried[1].ID() {
+		t.Errorf("a retry after a failure ran again: it needs ids of its own: %v vs %v", failed, retried)
+	}
+
+	time.Sleep(300 * time.Millisecond) // k-1's entry expires
+	if again := run(sendMessage, "k-1", false); len(again) != 2 || apiRequestID(again) == apiRequestID(first) {
+		t.Errorf("a key reused after it expired ran again: it needs ids of its own: %v", again)
+	}
+
+	for _, tt := range []struct{ name, method, key string }{
+		{"a method that ignores keys", method, "k-3"},
+		{"no key", sendMessage, ""},
+	} {
+		a, b := run(tt.method, tt.key, false), run(tt.method, tt.key, false)
+		if apiRequestID(a) == apiRequestID(b) {
+			t.Errorf("%s: two calls that both ran share ids", tt.name)
+		}
 	}
 }
 
