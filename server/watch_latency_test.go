@@ -109,10 +109,10 @@ func benchWatchLatency(b *testing.B, n int, chunkDelay string) {
 				ev := resp.GetEvent()
 				w.lat = append(w.lat, time.Since(ev.GetTime().AsTime()))
 				if seq, err := strconv.ParseUint(ev.GetId(), 10, 64); err == nil {
-					if w.lastID != 0 && seq != w.lastID+1 {
+					if w.lastID != 0 && seq > w.lastID+1 {
 						w.gaps.Add(int64(seq - w.lastID - 1))
 					}
-					w.lastID = seq
+					w.lastID = max(w.lastID, seq)
 				}
 				if ev.GetComplete() != nil || ev.GetError() != nil {
 					w.completes <- struct{}{}

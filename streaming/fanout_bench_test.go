@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -57,7 +58,13 @@ func publishAll(b *testing.B, js jetstream.JetStream, n int, wg *sync.WaitGroup)
 		if _, err := js.Publish(ctx, subject, data); err != nil {
 			b.Fatal(err)
 		}
-		wg.Wait()
+		all := make(chan struct{})
+		go func() { wg.Wait(); close(all) }()
+		select {
+		case <-all:
+		case <-time.After(30 * time.Second):
+			b.Fatalf("event %d did not reach all %d watchers within 30s", i, n)
+		}
 	}
 	b.StopTimer()
 }
@@ -92,12 +99,9 @@ func benchHub(b *testing.B, n int) {
 	c := embeddedConn(b)
 	hub := NewHub(c, HubOptions{Logger: quietLog})
 	var wg sync.WaitGroup
-	var done sync.WaitGroup
 	for range n {
 		sub := hub.Subscribe(fanoutSession)
-		done.Add(1)
 		go func() {
-			defer done.Done()
 			for range sub.Events() {
 				wg.Done()
 			}

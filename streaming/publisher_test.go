@@ -933,19 +933,27 @@ func TestPublisherOnStateChange(t *testing.T) {
 	// Under load the first connect can time out and the publisher start
 	// disconnected; the change to observe is healthy → disconnected.
 	eventually(t, 10*time.Second, "healthy before the outage", func() bool {
-		return p.Health().State == PublisherHealthy
+		mu.Lock()
+		defer mu.Unlock()
+		return p.Health().State == PublisherHealthy && (len(states) == 0 || states[len(states)-1] == "healthy/jetstream")
 	})
+	mu.Lock()
+	before := len(states) // only what is reported from now on counts
+	mu.Unlock()
 	srv.Stop()
 	eventually(t, 5*time.Second, "disconnected reported", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return slices.Contains(states, "disconnected/fallback")
+		return slices.Contains(states[before:], "disconnected/fallback")
 	})
+	mu.Lock()
+	before = len(states)
+	mu.Unlock()
 	srv.Restart()
 	eventually(t, 10*time.Second, "healthy reported", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(states) > 0 && states[len(states)-1] == "healthy/jetstream"
+		return len(states) > before && states[len(states)-1] == "healthy/jetstream"
 	})
 }
 
