@@ -392,6 +392,42 @@ func TestProcessorShutdownNeverAcksUnaccepted(t *testing.T) {
 	h.checkClean()
 }
 
+// TestProcessorShutdownHandsBackOnAClosingConnection: a replica stopping
+// while OpenMeter is down (its workers in backoff, others waiting on a pull)
+// closes its NATS connection right after, as kgentsd does. Its events must
+// reach the next processor promptly (they are nak'ed), not after the ack
+// wait.
+func TestProcessorShutdownHandsBackOnAClosingConnection(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.om.down()
+	ids := h.publish("handback", 40)
+	cfg := h.config()
+	cfg.AckWait = time.Minute
+	cfg.FlushInterval = 300 * time.Millisecond
+
+	nc, js := h.ns.Connect(t)
+	first, err := NewProcessor(js, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	eventually(t, 5*time.Second, "the sink failing", func() bool { return first.Health().LastError != "" })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+
+	h.om.up()
+	cfg.Registerer = prometheus.NewRegistry()
+	h.start(cfg)
+	h.waitDelivered(ids, 15*time.Second) // far below AckWait: handed back, not timed out
+	h.checkClean()
+}
+
 func TestProcessorDisabled(t *testing.T) {
 	t.Parallel()
 	p, err := NewProcessor(nil, ProcessorConfig{})
