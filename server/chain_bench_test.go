@@ -128,12 +128,11 @@ func standardChain(b *testing.B) []grpc.ServerOption {
 	prometheus.NewRegistry().MustRegister(metrics)
 	keys := map[string]*tenancy.Identity{"kg_dev_carol": {TenantID: "t", Limits: unlimitedTiers()[tenancy.TierEnterprise]}}
 	authFn := func(ctx context.Context) (context.Context, error) {
-		v := metadata.ValueFromIncomingContext(ctx, "x-api-key")
-		id, ok := (*tenancy.Identity)(nil), len(v) == 1
-		if ok {
-			id, ok = keys[v[0]]
+		var id *tenancy.Identity
+		if v := metadata.ValueFromIncomingContext(ctx, "x-api-key"); len(v) == 1 {
+			id = keys[v[0]]
 		}
-		if !ok {
+		if id == nil {
 			return nil, status.Error(codes.Unauthenticated, "unknown key")
 		}
 		return tenancy.WithIdentity(ctx, id), nil
