@@ -245,7 +245,7 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	hub := streaming.NewHub(s.nats, streaming.HubOptions{Logger: s.log, Registerer: s.reg, Tracer: s.tracing.Provider})
 	s.health.nats = natsHealth(s.nats, s.pub, hub)
 	if s.nats.Enabled() {
-		history = streaming.NewHistory(s.nats.JetStream())
+		history = streaming.NewHistory(s.nats.JetStream(), s.tracing.Provider)
 		jsStore := sessionstore.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas).FailFast(s.nats.Connected)
 		jsIdem := idempotency.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas, cfg.Sessions.IdempotencyTTL).FailFast(s.nats.Connected)
 		ensure := func() {

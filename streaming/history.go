@@ -4,21 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 )
 
 // History replays a session's retained events from the kgent-events stream.
 type History struct {
-	js jetstream.JetStream
+	js     jetstream.JetStream
+	tracer trace.Tracer
 }
 
 // NewHistory returns a History on js (nil when NATS is disabled: there is
-// no history then, only live events).
-func NewHistory(js jetstream.JetStream) *History { return &History{js: js} }
+// no history then, only live events). Each replay is a consumer span on tp
+// (nil: no spans).
+func NewHistory(js jetstream.JetStream, tp trace.TracerProvider) *History {
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history")}
+}
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
 var ErrNoHistory = errors.New("session history is unavailable")
@@ -32,6 +44,21 @@ func (h *History) Replay(ctx context.Context, sessionID string, after uint64, on
 	if h == nil || h.js == nil {
 		return false, after, ErrNoHistory
 	}
+	ctx, span := h.tracer.Start(ctx, "nats.history.replay", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", EventsStream),
+			attribute.String("kgents.session_id", sessionID),
+			attribute.Int64("kgents.after", int64(min(after, math.MaxInt64))),
+		))
+	defer func() {
+		span.SetAttributes(attribute.Bool("kgents.reset", reset), attribute.Int64("kgents.last", int64(min(last, math.MaxInt64))))
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	stream, err := h.js.Stream(ctx, EventsStream)
 	if err != nil {
 		return false, after, fmt.Errorf("%w: %w", ErrNoHistory, err)

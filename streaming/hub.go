@@ -1,12 +1,15 @@
 package streaming
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
@@ -120,9 +123,24 @@ func (h *Hub) Subscribe(sessionID string) *Subscription {
 // error for the watcher.
 func (h *Hub) subscribeNATS(sessionID string) *nats.Subscription {
 	sub, err := h.nc.Subscribe(SessionFilter(sessionID), func(m *nats.Msg) {
+		var span trace.Span
+		if h.tracer != nil {
+			// One span per event per replica (not per watcher).
+			_, span = h.tracer.Start(context.Background(), "nats.consume", trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(
+					attribute.String("messaging.system", "nats"),
+					attribute.String("messaging.destination.name", m.Subject),
+					attribute.String("kgents.session_id", sessionID),
+				))
+			defer span.End()
+		}
 		_, ev, err := DecodeEvent(m.Data)
 		if err != nil {
 			h.log.Warn("undecodable session event on NATS", "subject", m.Subject, "error", err)
+			if span != nil {
+				span.RecordError(err)
+				span.SetStatus(codes.Error, "undecodable event")
+			}
 			return
 		}
 		h.Deliver(ev)
