@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 )
@@ -88,9 +89,10 @@ func NewHub(conn *Conn, o HubOptions) *Hub {
 	if conn != nil && conn.Enabled() {
 		h.nc = conn.NATS()
 	}
-	if o.Tracer != nil {
-		h.tracer = o.Tracer.Tracer("kgents/streaming")
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider()
 	}
+	h.tracer = o.Tracer.Tracer("kgents.streaming.hub")
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(h.watchers, h.dropped)
 	}
@@ -123,24 +125,19 @@ func (h *Hub) Subscribe(sessionID string) *Subscription {
 // error for the watcher.
 func (h *Hub) subscribeNATS(sessionID string) *nats.Subscription {
 	sub, err := h.nc.Subscribe(SessionFilter(sessionID), func(m *nats.Msg) {
-		var span trace.Span
-		if h.tracer != nil {
-			// One span per event per replica (not per watcher).
-			_, span = h.tracer.Start(context.Background(), "nats.consume", trace.WithSpanKind(trace.SpanKindConsumer),
-				trace.WithAttributes(
-					attribute.String("messaging.system", "nats"),
-					attribute.String("messaging.destination.name", m.Subject),
-					attribute.String("kgents.session_id", sessionID),
-				))
-			defer span.End()
-		}
+		// One span per event per replica (not per watcher).
+		_, span := h.tracer.Start(context.Background(), "nats.consume", trace.WithSpanKind(trace.SpanKindConsumer),
+			trace.WithAttributes(
+				attribute.String("messaging.system", "nats"),
+				attribute.String("messaging.destination.name", m.Subject),
+				attribute.String("kgents.session_id", sessionID),
+			))
+		defer span.End()
 		_, ev, err := DecodeEvent(m.Data)
 		if err != nil {
 			h.log.Warn("undecodable session event on NATS", "subject", m.Subject, "error", err)
-			if span != nil {
-				span.RecordError(err)
-				span.SetStatus(codes.Error, "undecodable event")
-			}
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "undecodable event")
 			return
 		}
 		h.Deliver(ev)

@@ -76,28 +76,31 @@ func TestConsumeSpans(t *testing.T) {
 		t.Fatalf("replay ended at %d, want 2", last)
 	}
 
-	count := func() (consumes, replays int) {
+	// A consume span ends just after its event is handed to the watchers.
+	ended := func(name string) []sdktrace.ReadOnlySpan {
+		var out []sdktrace.ReadOnlySpan
 		for _, s := range rec.Ended() {
-			switch s.Name() {
-			case "nats.consume":
-				consumes++
-				if v, ok := spanAttr(s, "kgents.session_id"); !ok || v.AsString() != session {
-					t.Errorf("nats.consume without the session: %v", s.Attributes())
-				}
-			case "nats.history.replay":
-				replays++
-				if v, ok := spanAttr(s, "kgents.last"); !ok || v.AsInt64() != 2 {
-					t.Errorf("nats.history.replay attributes %v", s.Attributes())
-				}
+			if s.Name() == name {
+				out = append(out, s)
 			}
 		}
-		return consumes, replays
+		return out
 	}
-	// A consume span ends just after its event is handed to the watchers.
-	consumes, replays := count()
-	for deadline := time.Now().Add(2 * time.Second); consumes < 2 && time.Now().Before(deadline); consumes, replays = count() {
+	for deadline := time.Now().Add(2 * time.Second); len(ended("nats.consume")) < 2 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
+	consumeSpans, replaySpans := ended("nats.consume"), ended("nats.history.replay")
+	for _, s := range consumeSpans {
+		if v, ok := spanAttr(s, "kgents.session_id"); !ok || v.AsString() != session {
+			t.Errorf("nats.consume without the session: %v", s.Attributes())
+		}
+	}
+	for _, s := range replaySpans {
+		if v, ok := spanAttr(s, "kgents.last"); !ok || v.AsInt64() != 2 {
+			t.Errorf("nats.history.replay attributes %v", s.Attributes())
+		}
+	}
+	consumes, replays := len(consumeSpans), len(replaySpans)
 	if consumes != 2 || replays != 1 {
 		t.Errorf("%d nats.consume spans (want 2: one per event, not per watcher), %d replay spans (want 1)", consumes, replays)
 	}

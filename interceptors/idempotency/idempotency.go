@@ -11,10 +11,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/google/uuid"
 	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -90,46 +90,54 @@ func requestHash(method string, req proto.Message) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// claim decides what to do with a keyed call: run it (claimed), or answer
-// with a stored entry or a conflict.
+// run is a keyed call that claimed its key and runs.
+type run struct {
+	key, reqHash string // the store's key (tenant-scoped) and the request's hash
+	// usageID is what its usage events are billed under (Tags.UsageID),
+	// kept with the response so its replays carry it.
+	usageID string
+}
+
+// claim decides what to do with a keyed call: run it (a non-nil run), answer
+// with a stored entry (replay), or refuse with a conflict. With neither a
+// run nor a replay nor an error, the call has no key to honour.
 //
 // A run that claims the key gets a fresh usage id, a replay the stored
 // run's; either goes into the call's Tags for metering. A key reused after
 // its entry expired (or was released) is a new run with a new usage id, so
 // work that really runs again is billed again.
-func (i *Interceptor) claim(ctx context.Context, method string, req proto.Message) (storeKeyed string, reqHash string, replay *Entry, err error) {
+func (i *Interceptor) claim(ctx context.Context, method string, req proto.Message) (*run, *Entry, error) {
 	key, err := keyFor(ctx)
 	if err != nil || key == "" {
-		return "", "", nil, err
+		return nil, nil, err
 	}
 	id := tenancy.IdentityFrom(ctx)
 	if id == nil {
-		return "", "", nil, nil
+		return nil, nil, nil
 	}
-	reqHash, err = requestHash(method, req)
+	reqHash, err := requestHash(method, req)
 	if err != nil {
-		return "", "", nil, status.Error(codes.Internal, "hashing the request: "+err.Error())
+		return nil, nil, status.Error(codes.Internal, "hashing the request: "+err.Error())
 	}
-	sk := storeKey(id.TenantID, key)
-	usageID := uuid.NewString()
-	existing, claimed, err := i.store.Claim(ctx, sk, Entry{RequestHash: reqHash, Started: time.Now(), UsageID: usageID}, i.staleAfter)
+	r := &run{key: storeKey(id.TenantID, key), reqHash: reqHash, usageID: uuid.NewString()}
+	existing, claimed, err := i.store.Claim(ctx, r.key, Entry{RequestHash: reqHash, Started: time.Now(), UsageID: r.usageID}, i.staleAfter)
 	if err != nil {
-		return "", "", nil, status.Error(codes.Unavailable, "Idempotency-Key cannot be honoured right now; retry shortly")
+		return nil, nil, status.Error(codes.Unavailable, "Idempotency-Key cannot be honoured right now; retry shortly")
 	}
 	if claimed {
-		setUsageID(ctx, usageID)
-		return sk, reqHash, nil, nil
+		setUsageID(ctx, r.usageID)
+		return r, nil, nil
 	}
 	switch {
 	case existing.RequestHash != reqHash:
-		return "", "", nil, status.Error(codes.AlreadyExists, "Idempotency-Key was already used with a different request")
+		return nil, nil, status.Error(codes.AlreadyExists, "Idempotency-Key was already used with a different request")
 	case !existing.Done:
-		return "", "", nil, status.Error(codes.Aborted, "A request with this Idempotency-Key is still in progress")
+		return nil, nil, status.Error(codes.Aborted, "A request with this Idempotency-Key is still in progress")
 	case existing.TooLarge:
-		return "", "", nil, status.Error(codes.FailedPrecondition, "The response to this Idempotency-Key was too large to keep; use a new key")
+		return nil, nil, status.Error(codes.FailedPrecondition, "The response to this Idempotency-Key was too large to keep; use a new key")
 	}
 	setUsageID(ctx, existing.UsageID)
-	return "", "", existing, nil
+	return nil, existing, nil
 }
 
 func setUsageID(ctx context.Context, id string) {
@@ -139,19 +147,16 @@ func setUsageID(ctx context.Context, id string) {
 }
 
 // finish keeps a successful outcome or forgets a failed one.
-func (i *Interceptor) finish(ctx context.Context, sk, reqHash string, msgs []proto.Message, callErr error) {
+func (i *Interceptor) finish(ctx context.Context, r *run, msgs []proto.Message, callErr error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if callErr != nil {
-		if err := i.store.Release(ctx, sk); err != nil {
+		if err := i.store.Release(ctx, r.key); err != nil {
 			i.log.WarnContext(ctx, "could not release an idempotency key; it stays in progress until it goes stale", "error", err)
 		}
 		return
 	}
-	e := Entry{Done: true, RequestHash: reqHash, Started: time.Now()}
-	if t := interceptors.TagsFrom(ctx); t != nil {
-		e.UsageID = t.UsageID
-	}
+	e := Entry{Done: true, RequestHash: r.reqHash, Started: time.Now(), UsageID: r.usageID}
 	size := 0
 	for _, m := range msgs {
 		a, err := anypb.New(m)
@@ -166,9 +171,9 @@ func (i *Interceptor) finish(ctx context.Context, sk, reqHash string, msgs []pro
 		}
 		e.Messages = append(e.Messages, b)
 	}
-	if err := i.store.Complete(ctx, sk, e); err != nil {
+	if err := i.store.Complete(ctx, r.key, e); err != nil {
 		i.log.WarnContext(ctx, "could not keep an idempotent response; a repeat will run again", "error", err)
-		_ = i.store.Release(ctx, sk)
+		_ = i.store.Release(ctx, r.key)
 	}
 }
 
@@ -190,7 +195,7 @@ func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
 		if !ok {
 			return handler(ctx, req)
 		}
-		sk, reqHash, replay, err := i.claim(ctx, info.FullMethod, pm)
+		r, replay, err := i.claim(ctx, info.FullMethod, pm)
 		switch {
 		case err != nil:
 			return nil, err
@@ -204,7 +209,7 @@ func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
 			}
 			_ = grpc.SetHeader(ctx, metadata.Pairs(ReplayHeader, "true"))
 			return resp, nil
-		case sk == "":
+		case r == nil:
 			return handler(ctx, req)
 		}
 		resp, err := handler(ctx, req)
@@ -212,7 +217,7 @@ func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
 		if m, ok := resp.(proto.Message); ok && err == nil {
 			kept = []proto.Message{m}
 		}
-		i.finish(ctx, sk, reqHash, kept, err)
+		i.finish(ctx, r, kept, err)
 		return resp, err
 	}
 }
@@ -236,7 +241,7 @@ func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
 		if err := ss.RecvMsg(req); err != nil {
 			return err
 		}
-		sk, reqHash, replay, err := i.claim(ss.Context(), info.FullMethod, req)
+		r, replay, err := i.claim(ss.Context(), info.FullMethod, req)
 		switch {
 		case err != nil:
 			return err
@@ -255,9 +260,9 @@ func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
 			}
 			return nil
 		}
-		w := &recordingStream{ServerStream: ss, req: req, record: sk != ""}
+		w := &recordingStream{ServerStream: ss, req: req, record: r != nil}
 		err = handler(srv, w)
-		if sk != "" {
+		if r != nil {
 			keepErr := err
 			// A caller that left mid-stream did not stop the work (a turn
 			// runs to its end): keep what was produced, so its retry gets
@@ -265,7 +270,7 @@ func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
 			if status.Code(err) == codes.Canceled && len(w.sent) > 0 {
 				keepErr = nil
 			}
-			i.finish(ss.Context(), sk, reqHash, w.sent, keepErr)
+			i.finish(ss.Context(), r, w.sent, keepErr)
 		}
 		return err
 	}
