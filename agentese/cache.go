@@ -1,11 +1,10 @@
 package agentese
 
 import (
-	"container/list"
 	"strings"
-	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -21,20 +20,21 @@ const (
 	maxCacheKwargs = 1024
 )
 
-// resultCache is a bounded LRU with a TTL, for Cacheable aspects. Keys carry
-// the tenant and archetype, so no tenant ever sees another's entry (not even
-// through timing). Cached values are shared and must not be modified; the
-// transport only marshals them.
+// resultCache is a bounded LRU (hashicorp/golang-lru) with a TTL, for
+// Cacheable aspects. Keys carry the tenant and archetype, so no tenant ever
+// sees another's entry (not even through timing). Cached values are shared
+// and must not be modified; the transport only marshals them.
+//
+// The TTL is checked on read against the registry's clock, and an expired
+// entry is dropped then (or pushed out by newer ones), rather than with
+// golang-lru's expirable.LRU: that one reads time.Now (tests could not move
+// its clock) and starts a sweeping goroutine per cache that never ends.
 type resultCache struct {
-	mu    sync.Mutex
-	ttl   time.Duration
-	max   int
-	byKey map[string]*list.Element
-	order *list.List // of *cacheEntry, most recently used at the front
+	ttl time.Duration
+	lru *lru.Cache[string, cacheEntry]
 }
 
 type cacheEntry struct {
-	key     string
 	val     *structpb.Value
 	expires time.Time
 }
@@ -43,7 +43,8 @@ func newResultCache(size int, ttl time.Duration) *resultCache {
 	if size <= 0 || ttl <= 0 {
 		return nil
 	}
-	return &resultCache{ttl: ttl, max: size, byKey: map[string]*list.Element{}, order: list.New()}
+	c, _ := lru.New[string, cacheEntry](size) // size > 0: no error
+	return &resultCache{ttl: ttl, lru: c}
 }
 
 // cacheKey identifies an invocation; ok is false when it should not be cached.
@@ -69,41 +70,19 @@ func cacheKey(tenant, archetype, path string, kw *structpb.Struct) (string, bool
 }
 
 func (c *resultCache) get(key string, now time.Time) (*structpb.Value, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.byKey[key]
+	e, ok := c.lru.Get(key)
 	if !ok {
 		return nil, false
 	}
-	ce := e.Value.(*cacheEntry)
-	if !now.Before(ce.expires) {
-		c.order.Remove(e)
-		delete(c.byKey, key)
+	if !now.Before(e.expires) {
+		c.lru.Remove(key)
 		return nil, false
 	}
-	c.order.MoveToFront(e)
-	return ce.val, true
+	return e.val, true
 }
 
 func (c *resultCache) put(key string, v *structpb.Value, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byKey[key]; ok {
-		ce := e.Value.(*cacheEntry)
-		ce.val, ce.expires = v, now.Add(c.ttl)
-		c.order.MoveToFront(e)
-		return
-	}
-	for c.order.Len() >= c.max {
-		old := c.order.Back()
-		c.order.Remove(old)
-		delete(c.byKey, old.Value.(*cacheEntry).key)
-	}
-	c.byKey[key] = c.order.PushFront(&cacheEntry{key: key, val: v, expires: now.Add(c.ttl)})
+	c.lru.Add(key, cacheEntry{val: v, expires: now.Add(c.ttl)})
 }
 
-func (c *resultCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.order.Len()
-}
+func (c *resultCache) len() int { return c.lru.Len() }

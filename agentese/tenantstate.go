@@ -1,8 +1,9 @@
 package agentese
 
 import (
-	"container/list"
 	"sync"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 // DefaultMaxTenants is how many tenants' in-memory AGENTESE state (entropy
@@ -10,56 +11,44 @@ import (
 // tenant's state is dropped beyond it.
 const DefaultMaxTenants = 1024
 
-// tenantStore holds per-tenant state, bounded in tenants (LRU). The state is
-// in memory and per process: it is lost on restart and not shared between
-// replicas, which the docs say plainly.
+// tenantStore holds per-tenant state, bounded in tenants (an LRU,
+// hashicorp/golang-lru). The state is in memory and per process: it is lost
+// on restart and not shared between replicas, which the docs say plainly.
 type tenantStore struct {
-	mu    sync.Mutex
-	max   int
-	byID  map[string]*list.Element
-	order *list.List // of *tenantState, most recently used at the front
+	lru *lru.Cache[string, *tenantState]
 }
 
 func newTenantStore(max int) *tenantStore {
 	if max <= 0 {
 		max = DefaultMaxTenants
 	}
-	return &tenantStore{max: max, byID: map[string]*list.Element{}, order: list.New()}
+	c, _ := lru.New[string, *tenantState](max) // max > 0: no error
+	return &tenantStore{lru: c}
 }
 
 // tenantState is one tenant's state: a slot per stateful feature. Each slot
 // value carries its own lock and bounds.
 type tenantState struct {
-	id    string
 	mu    sync.Mutex
 	slots map[string]any
 }
 
 // get returns the tenant's state, creating it (and evicting the least
-// recently used tenant when full).
+// recently used tenant when full). Two calls racing for a new tenant get
+// the same state.
 func (s *tenantStore) get(id string) *tenantState {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.byID[id]; ok {
-		s.order.MoveToFront(e)
-		return e.Value.(*tenantState)
+	if ts, ok := s.lru.Get(id); ok {
+		return ts
 	}
-	for s.order.Len() >= s.max {
-		old := s.order.Back()
-		s.order.Remove(old)
-		delete(s.byID, old.Value.(*tenantState).id)
+	ts := &tenantState{slots: map[string]any{}}
+	if prev, ok, _ := s.lru.PeekOrAdd(id, ts); ok {
+		return prev
 	}
-	ts := &tenantState{id: id, slots: map[string]any{}}
-	s.byID[id] = s.order.PushFront(ts)
 	return ts
 }
 
 // len is the number of tenants held.
-func (s *tenantStore) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.order.Len()
-}
+func (s *tenantStore) len() int { return s.lru.Len() }
 
 // slotOf returns the tenant's slot under key, creating it with mk. A key is
 // used with one type only (each stateful node owns its key).

@@ -4,14 +4,18 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/kgents/kgents-go/apijson"
 	agentesev1 "github.com/kgents/kgents-go/gen/kgents/agentese/v1"
@@ -49,7 +53,7 @@ func TestMarshal(t *testing.T) {
 				Eigenvectors:          &soulv1.Eigenvectors{Aesthetic: 0.15, Categorical: 0.92},
 				ReferencedPreferences: []string{"a"},
 			},
-			want: `{"response":"hi","mode":"challenge","eigenvectors":{"aesthetic":0.15,"categorical":0.92,"gratitude":0,"heterarchy":0,"generativity":0,"joy":0},"tokens_used":0,"referenced_preferences":["a"],"referenced_patterns":[],"budget":"unspecified"}`,
+			want: `{"response":"hi","mode":"challenge","eigenvectors":{"aesthetic":0.15,"categorical":0.92,"gratitude":0.0,"heterarchy":0.0,"generativity":0.0,"joy":0.0},"tokens_used":0,"referenced_preferences":["a"],"referenced_patterns":[],"budget":"unspecified"}`,
 		},
 		{
 			name: "int64 counters are numbers",
@@ -83,7 +87,7 @@ func TestMarshal(t *testing.T) {
 		{
 			name: "string escaping",
 			msg:  &soulv1.DialogueChunk{Text: "a\"b\\c\n\t\x01\u2028é\xff"},
-			want: `{"text":"a\"b\\c\n\t\u0001\u2028é\ufffd","index":0}`,
+			want: `{"text":"a\"b\\c\n\t\u0001\u2028é` + "\uFFFD" + `","index":0}`, // invalid UTF-8 is written as U+FFFD
 		},
 	}
 	for _, tc := range cases {
@@ -103,13 +107,25 @@ func TestMarshal(t *testing.T) {
 	}
 }
 
+func TestAppendString(t *testing.T) {
+	t.Parallel()
+	got := string(apijson.AppendString([]byte("x:"), "a\"b\\c\n\x01é\xff<"))
+	if want := `x:"a\"b\\c\n\u0001é` + "\uFFFD" + `<"`; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+}
+
+// TestMarshalFloats: a double is always written with a decimal point or an
+// exponent, as Python's json writes a float (clients check isinstance(x,
+// float)).
 func TestMarshalFloats(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		in   float64
 		want string
 	}{
-		{0, "0"}, {0.7, "0.7"}, {1e21, "1e+21"}, {1e-7, "1e-7"}, {-2.5, "-2.5"}, {123456789, "123456789"},
+		{0, "0.0"}, {1, "1.0"}, {-3, "-3.0"}, {0.7, "0.7"}, {1e21, "1e+21"}, {1e-7, "1e-7"}, {-2.5, "-2.5"},
+		{123456789, "123456789.0"}, {1e20, "100000000000000000000.0"}, {math.Copysign(0, -1), "-0.0"},
 	} {
 		got, _ := apijson.Marshal(&soulv1.GovernanceResponse{Confidence: tc.in})
 		var v struct {
@@ -121,6 +137,37 @@ func TestMarshalFloats(t *testing.T) {
 		if string(v.Confidence) != tc.want {
 			t.Errorf("%v: got %s want %s", tc.in, v.Confidence, tc.want)
 		}
+	}
+}
+
+// TestMarshalFloatKinds: every kind of floating-point field gets the point;
+// numbers inside google.protobuf.Value, which JSON gives no type, do not.
+func TestMarshalFloatKinds(t *testing.T) {
+	t.Parallel()
+	result, err := structpb.NewValue(map[string]any{"count": 3, "ratio": 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		in   proto.Message
+		want string
+	}{
+		{"optional double", &soulv1.GovernanceContext{Severity: proto.Float64(1)}, `{"reason":"","severity":1.0}`},
+		{"nested doubles", &soulv1.Eigenvectors{Joy: 1}, `{"aesthetic":0.0,"categorical":0.0,"gratitude":0.0,"heterarchy":0.0,"generativity":0.0,"joy":1.0}`},
+		{"double wrapper", wrapperspb.Double(2), `2.0`},
+		{"float wrapper", wrapperspb.Float(0), `0.0`},
+		{"float wrapper, fraction", wrapperspb.Float(0.1), `0.1`},
+		{"Value numbers", &agentesev1.InvokeResponse{Result: result}, `"result":{"count":3,"ratio":0.5}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, _ := apijson.Marshal(tc.in)
+			if !strings.Contains(string(got), tc.want) {
+				t.Errorf("got %s, want it to contain %s", got, tc.want)
+			}
+		})
 	}
 }
 
@@ -155,6 +202,24 @@ func TestUnmarshal(t *testing.T) {
 			body: `{"limit":"5","offset":2.0}`,
 			into: func() proto.Message { return &sessionsv1.ListSessionsRequest{} },
 			want: &sessionsv1.ListSessionsRequest{Limit: proto.Int32(5), Offset: 2},
+		},
+		{
+			name: "integers in any exact form",
+			body: `{"limit":"1.20e1","offset":-0.0}`,
+			into: func() proto.Message { return &sessionsv1.ListSessionsRequest{} },
+			want: &sessionsv1.ListSessionsRequest{Limit: proto.Int32(12)},
+		},
+		{
+			name: "oneof member null is not given",
+			body: `{"id":"1","chunk":null,"complete":{"tokens_used":3}}`,
+			into: func() proto.Message { return &soulv1.StreamDialogueResponse{} },
+			want: &soulv1.StreamDialogueResponse{Id: "1", Event: &soulv1.StreamDialogueResponse_Complete{Complete: &soulv1.DialogueComplete{TokensUsed: 3}}},
+		},
+		{
+			name: "invalid UTF-8 and unpaired surrogates become U+FFFD",
+			body: "{\"prompt\":\"a\xffb\\ud800c\"}",
+			into: func() proto.Message { return &soulv1.DialogueRequest{} },
+			want: &soulv1.DialogueRequest{Prompt: "a\uFFFDb\uFFFDc"},
 		},
 		{
 			name: "struct kwargs and escapes",
@@ -221,6 +286,17 @@ func TestUnmarshalErrors(t *testing.T) {
 		{"deep nesting in unknown field", `{"x":` + strings.Repeat(`[`, 100) + strings.Repeat(`]`, 100) + `}`, &agentesev1.InvokeRequest{}, "nested deeper than 64"},
 		{"struct must be an object", `{"kwargs":[1]}`, &agentesev1.InvokeRequest{}, "kwargs: expected an object"},
 		{"bad literal", `{"stream":tru}`, &sessionsv1.SendMessageRequest{}, "not valid JSON"},
+		{"syntax error says what and where", `{"prompt":"x",}`, &soulv1.DialogueRequest{}, "invalid character ',' at start of value (at byte 13)"},
+		{"list element path", `{"messages":[{},{"content":1}]}`, &sessionsv1.ListMessagesResponse{}, "messages[1].content: expected a string"},
+		{"field given twice", `{"prompt":"a","prompt":"b"}`, &soulv1.DialogueRequest{}, "prompt: field given more than once"},
+		{"field given by both names", `{"session_id":"a","sessionId":"a"}`, &sessionsv1.SendMessageRequest{}, "session_id: field given more than once"},
+		{"two members of a oneof", `{"chunk":{},"complete":{}}`, &soulv1.StreamDialogueResponse{}, "complete: only one of"},
+		{"kwargs key given twice", `{"kwargs":{"a":1,"a":2}}`, &agentesev1.InvokeRequest{}, `kwargs: key "a" given more than once`},
+		{"quoted integer with spaces", `{"limit":" 5"}`, &sessionsv1.ListSessionsRequest{}, "limit: expected an integer"},
+		{"quoted integer with a plus", `{"limit":"+5"}`, &sessionsv1.ListSessionsRequest{}, "limit: expected an integer"},
+		{"quoted float spelled as Go reads it", `{"context":{"severity":"inf"}}`, &soulv1.GovernanceRequest{}, "context.severity: expected a number"},
+		{"timestamp past nanoseconds", `{"created_at":"2026-11-22T09:30:01.1234567891Z"}`, &sessionsv1.Session{}, "created_at: expected an RFC 3339 timestamp"},
+		{"timestamp before year 1", `{"created_at":"0000-12-31T23:59:59Z"}`, &sessionsv1.Session{}, "created_at: timestamp out of range"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -239,11 +315,68 @@ func TestUnmarshalErrors(t *testing.T) {
 	}
 }
 
+// TestUnmarshalReaderPassesReadErrors: a body over its size limit is the
+// reader's error (the gateway answers 413 for it), not a DecodeError.
+func TestUnmarshalReaderPassesReadErrors(t *testing.T) {
+	t.Parallel()
+	body := http.MaxBytesReader(nil, io.NopCloser(strings.NewReader(`{"prompt":"`+strings.Repeat("x", 100)+`"}`)), 50)
+	err := apijson.UnmarshalReader(body, &soulv1.DialogueRequest{})
+	var mbe *http.MaxBytesError
+	if !errors.As(err, &mbe) || apijson.IsDecodeError(err) {
+		t.Fatalf("got %v (%T), want the *http.MaxBytesError", err, err)
+	}
+}
+
 func TestUnmarshalReaderEmptyBodyIsEOF(t *testing.T) {
 	t.Parallel()
 	err := apijson.UnmarshalReader(strings.NewReader("  \n"), &soulv1.DialogueRequest{})
 	if !errors.Is(err, io.EOF) {
 		t.Fatalf("got %v, want io.EOF", err)
+	}
+}
+
+// TestUnmarshalRequired: a required field must be in the body with a value;
+// given empty it is present.
+func TestUnmarshalRequired(t *testing.T) {
+	t.Parallel()
+	opts := apijson.UnmarshalOptions{Required: []protoreflect.Name{"prompt"}}
+	cases := []struct {
+		name, body string
+		ok         bool
+	}{
+		{"given", `{"prompt":"hi"}`, true},
+		{"given empty", `{"prompt":"","mode":"advise"}`, true},
+		{"given with a trailing field", `{"mode":"advise","prompt":"x"}`, true},
+		{"empty object", `{}`, false},
+		{"null", `{"prompt":null}`, false},
+		{"null body", `null`, false},
+		{"other fields only", `{"mode":"advise","promptx":"x"}`, false},
+		{"empty body", ``, false},
+		{"blank body", " \n", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, err := range []error{
+				opts.Unmarshal([]byte(tc.body), &soulv1.DialogueRequest{}),
+				opts.UnmarshalReader(strings.NewReader(tc.body), &soulv1.DialogueRequest{}),
+			} {
+				if tc.ok {
+					if err != nil {
+						t.Errorf("got %v, want it accepted", err)
+					}
+					continue
+				}
+				var de *apijson.DecodeError
+				if !errors.As(err, &de) || de.Field != "prompt" || de.Error() != "prompt: required field missing" {
+					t.Errorf("got %v, want a DecodeError naming prompt", err)
+				}
+			}
+		})
+	}
+	// Without options nothing is required, and an empty body is still io.EOF.
+	if err := apijson.Unmarshal([]byte(`{}`), &soulv1.DialogueRequest{}); err != nil {
+		t.Errorf("no options: %v", err)
 	}
 }
 
@@ -277,44 +410,5 @@ func TestRoundTripAgreesWithProtojson(t *testing.T) {
 	}
 	if !proto.Equal(msg, &ours) {
 		t.Errorf("our own round trip changed the message:\n got %v\nwant %v", &ours, msg)
-	}
-}
-
-func BenchmarkMarshalDialogueResponse(b *testing.B) {
-	msg := &soulv1.DialogueResponse{
-		Response: "You've expressed before that you value: minimalism. What about this connects?",
-		Mode:     soulv1.Mode_MODE_REFLECT, TokensUsed: 44,
-		Eigenvectors:          &soulv1.Eigenvectors{Aesthetic: 0.15, Categorical: 0.92, Gratitude: 0.78, Heterarchy: 0.88, Generativity: 0.9, Joy: 0.75},
-		ReferencedPreferences: []string{"minimalism", "clarity"},
-	}
-	b.ReportAllocs()
-	buf := make([]byte, 0, 512)
-	for b.Loop() {
-		buf = apijson.AppendMessage(buf[:0], msg)
-	}
-}
-
-func BenchmarkProtojsonDialogueResponse(b *testing.B) {
-	msg := &soulv1.DialogueResponse{
-		Response: "You've expressed before that you value: minimalism. What about this connects?",
-		Mode:     soulv1.Mode_MODE_REFLECT, TokensUsed: 44,
-		Eigenvectors:          &soulv1.Eigenvectors{Aesthetic: 0.15, Categorical: 0.92, Gratitude: 0.78, Heterarchy: 0.88, Generativity: 0.9, Joy: 0.75},
-		ReferencedPreferences: []string{"minimalism", "clarity"},
-	}
-	opts := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}
-	b.ReportAllocs()
-	for b.Loop() {
-		_, _ = opts.Marshal(msg)
-	}
-}
-
-func BenchmarkUnmarshalDialogueRequest(b *testing.B) {
-	body := []byte(`{"prompt":"What should I focus on this week?","mode":"advise","budget":"dialogue"}`)
-	var req soulv1.DialogueRequest
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := apijson.Unmarshal(body, &req); err != nil {
-			b.Fatal(err)
-		}
 	}
 }

@@ -1,16 +1,19 @@
 package apijson
 
 import (
+	"bytes"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
-	"unicode/utf16"
+	"sync"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -35,185 +38,329 @@ func (e *DecodeError) Error() string {
 	return e.Field + ": " + e.Reason
 }
 
+// IsDecodeError reports whether err (or an error it wraps) is a DecodeError.
+func IsDecodeError(err error) bool {
+	var de *DecodeError
+	return errors.As(err, &de)
+}
+
 // Unmarshal decodes API JSON into m, which it resets first. An empty body or
-// null leaves m empty. Unknown fields are ignored.
+// null leaves m empty.
 func Unmarshal(data []byte, m proto.Message) error {
-	proto.Reset(m)
-	d := &decoder{data: data}
-	d.ws()
-	if d.pos == len(d.data) {
-		return nil
+	return UnmarshalOptions{}.Unmarshal(data, m)
+}
+
+// UnmarshalReader decodes the JSON read from r; see Unmarshal. An empty body
+// is io.EOF, which grpc-gateway treats as an empty request.
+func UnmarshalReader(r io.Reader, m proto.Message) error {
+	return UnmarshalOptions{}.UnmarshalReader(r, m)
+}
+
+// UnmarshalOptions are rules of one request's body beyond its message type.
+type UnmarshalOptions struct {
+	// Required names top-level fields the body must contain with a value
+	// other than null. Proto3 cannot tell a string left out from an empty
+	// one, so presence is checked here, on the JSON: a body without one
+	// (an empty body too) fails with a DecodeError naming it.
+	Required []protoreflect.Name
+}
+
+// Unmarshal is Unmarshal with the options.
+func (o UnmarshalOptions) Unmarshal(data []byte, m proto.Message) error {
+	d := getDecoder()
+	defer putDecoder(d)
+	d.in = *bytes.NewBuffer(data) // the tokenizer reads a bytes.Buffer in place
+	err := o.decode(d, &d.in, m)
+	if errors.Is(err, io.EOF) {
+		return nil // an empty body is an empty message
 	}
-	if d.peekLiteral("null") {
-		d.pos += 4
-	} else {
-		if d.data[d.pos] != '{' {
-			return &DecodeError{Reason: "request body must be a JSON object"}
-		}
+	return err
+}
+
+// UnmarshalReader is UnmarshalReader with the options. An empty body is
+// io.EOF only when nothing is required.
+func (o UnmarshalOptions) UnmarshalReader(r io.Reader, m proto.Message) error {
+	d := getDecoder()
+	defer putDecoder(d)
+	return o.decode(d, r, m)
+}
+
+func (o UnmarshalOptions) decode(d *decoder, r io.Reader, m proto.Message) error {
+	proto.Reset(m)
+	d.dec.Reset(r, decodeOptions...)
+	d.track = len(o.Required) > 0
+	switch d.dec.PeekKind() {
+	case jsontext.KindBeginObject:
 		if err := d.message(m.ProtoReflect()); err != nil {
 			return err
 		}
+	case jsontext.KindNull:
+		if err := d.read(); err != nil {
+			return err
+		}
+	case jsontext.KindInvalid:
+		_, err := d.dec.ReadToken()
+		switch {
+		case errors.Is(err, io.EOF): // an empty body
+			if err := o.missing(d); err != nil {
+				return err
+			}
+			return io.EOF
+		case !IsDecodeError(d.syntaxErr(err)):
+			return err // the reader's
+		}
+		fallthrough
+	default:
+		return &DecodeError{Reason: "request body must be a JSON object"}
 	}
-	d.ws()
-	if d.pos != len(d.data) {
-		return d.syntaxErr()
+	// Nothing may follow the body's value.
+	if _, err := d.dec.ReadToken(); !errors.Is(err, io.EOF) {
+		if err == nil {
+			return &DecodeError{Reason: fmt.Sprintf("request body is not valid JSON: more than one value (at byte %d)", d.dec.InputOffset())}
+		}
+		return d.syntaxErr(err)
 	}
-	return nil
+	return o.missing(d)
 }
 
-// UnmarshalReader reads r to its end and decodes it; see Unmarshal. An empty
-// body is io.EOF, which grpc-gateway treats as an empty request.
-func UnmarshalReader(r io.Reader, m proto.Message) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	if len(strings.TrimSpace(string(data))) == 0 {
-		proto.Reset(m)
-		return io.EOF
-	}
-	return Unmarshal(data, m)
-}
-
-type decoder struct {
-	data  []byte
-	pos   int
-	depth int
-	path  []string
-}
-
-func (d *decoder) fieldPath() string { return strings.Join(d.path, ".") }
-
-func (d *decoder) fieldErr(reason string) error {
-	return &DecodeError{Field: d.fieldPath(), Reason: reason}
-}
-
-func (d *decoder) syntaxErr() error {
-	if d.pos >= len(d.data) {
-		return &DecodeError{Reason: "request body is not valid JSON (unexpected end)"}
-	}
-	return &DecodeError{Reason: fmt.Sprintf("request body is not valid JSON (at byte %d)", d.pos)}
-}
-
-func (d *decoder) ws() {
-	for d.pos < len(d.data) {
-		switch d.data[d.pos] {
-		case ' ', '\t', '\n', '\r':
-			d.pos++
-		default:
-			return
+// missing names the first required field the body did not give.
+func (o UnmarshalOptions) missing(d *decoder) error {
+	for _, name := range o.Required {
+		if !slices.Contains(d.given, name) {
+			return &DecodeError{Field: string(name), Reason: "required field missing"}
 		}
 	}
-}
-
-func (d *decoder) peek() byte {
-	if d.pos < len(d.data) {
-		return d.data[d.pos]
-	}
-	return 0
-}
-
-func (d *decoder) peekLiteral(lit string) bool {
-	return len(d.data)-d.pos >= len(lit) && string(d.data[d.pos:d.pos+len(lit)]) == lit
-}
-
-func (d *decoder) expect(c byte) error {
-	d.ws()
-	if d.peek() != c {
-		return d.syntaxErr()
-	}
-	d.pos++
 	return nil
 }
 
-func (d *decoder) enter() error {
-	d.depth++
-	if d.depth > maxDepth {
-		return &DecodeError{Field: d.fieldPath(), Reason: fmt.Sprintf("nested deeper than %d levels", maxDepth)}
+// decodeOptions: invalid UTF-8 and unpaired surrogates in strings become
+// U+FFFD, as Python's decoder leaves them readable; duplicate names are
+// refused by field (see message), which also catches a field given by both
+// its names.
+var decodeOptions = []jsontext.Options{jsontext.AllowInvalidUTF8(true), jsontext.AllowDuplicateNames(true)}
+
+// decoder binds the tokens of one body to a message with protoreflect.
+type decoder struct {
+	dec  jsontext.Decoder
+	in   bytes.Buffer
+	path []pathElem // for errors: the field being read
+	// With track set, given collects the top-level fields with a value
+	// other than null.
+	track bool
+	given []protoreflect.Name
+}
+
+// pathElem is a field name or map key, or a list index when name is "".
+type pathElem struct {
+	name  string
+	index int
+}
+
+var decoderPool = sync.Pool{New: func() any { return new(decoder) }}
+
+func getDecoder() *decoder { return decoderPool.Get().(*decoder) }
+
+func putDecoder(d *decoder) {
+	big := d.dec.InputOffset() > 64<<10
+	d.in = bytes.Buffer{}
+	d.dec.Reset(&d.in) // drop the reader
+	if big {
+		d.dec.Reset(&d.in) // and a large read buffer
+	}
+	d.path, d.given = d.path[:0], d.given[:0]
+	decoderPool.Put(d)
+}
+
+func (d *decoder) fieldErr(reason string) error {
+	var b strings.Builder
+	for _, p := range d.path {
+		switch {
+		case p.name == "":
+			fmt.Fprintf(&b, "[%d]", p.index)
+		case b.Len() > 0:
+			b.WriteString("." + p.name)
+		default:
+			b.WriteString(p.name)
+		}
+	}
+	return &DecodeError{Field: b.String(), Reason: reason}
+}
+
+// syntaxErr turns the tokenizer's error into the caller's. Errors of the
+// reader (a body over its size limit) pass through unchanged.
+func (d *decoder) syntaxErr(err error) error {
+	var se *jsontext.SyntacticError
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return &DecodeError{Reason: "request body is not valid JSON (unexpected end)"}
+	case errors.As(err, &se):
+		return &DecodeError{Reason: fmt.Sprintf("request body is not valid JSON: %v (at byte %d)", se.Err, se.ByteOffset)}
+	}
+	return err
+}
+
+// read consumes one token, for its syntax only.
+func (d *decoder) read() error {
+	if _, err := d.dec.ReadToken(); err != nil {
+		return d.syntaxErr(err)
 	}
 	return nil
+}
+
+// typeErr reports a value of the wrong type, or the syntax error when what
+// follows is not JSON.
+func (d *decoder) typeErr(want string) error {
+	if _, err := d.dec.ReadValue(); err != nil {
+		return d.syntaxErr(err)
+	}
+	return d.fieldErr(want)
+}
+
+// open reads the '{' or '[' of a value of that kind, within maxDepth.
+func (d *decoder) open(kind jsontext.Kind, want string) error {
+	if d.dec.PeekKind() != kind {
+		return d.typeErr(want)
+	}
+	if err := d.read(); err != nil {
+		return err
+	}
+	if d.dec.StackDepth() > maxDepth {
+		return d.fieldErr(fmt.Sprintf("nested deeper than %d levels", maxDepth))
+	}
+	return nil
+}
+
+// more reports whether the object or array being read has another member,
+// and consumes its end when not.
+func (d *decoder) more() (bool, error) {
+	switch d.dec.PeekKind() {
+	case jsontext.KindEndObject, jsontext.KindEndArray, jsontext.KindInvalid: // an end, or the syntax error
+		return false, d.read()
+	}
+	return true, nil
+}
+
+// name reads an object member's name.
+func (d *decoder) name() (string, error) {
+	tok, err := d.dec.ReadToken()
+	if err != nil {
+		return "", d.syntaxErr(err)
+	}
+	return tok.String(), nil
 }
 
 func (d *decoder) message(m protoreflect.Message) error {
-	d.ws()
-	if w := wellKnown(m.Descriptor().FullName()); w != notWKT {
-		return w.decode(d, m)
+	md := m.Descriptor()
+	if w := wellKnown(md.FullName()); w != notWKT {
+		return d.wellKnown(w, m)
 	}
-	if d.peek() != '{' {
-		if d.isValueStart() {
-			return d.fieldErr("expected an object")
-		}
-		return d.syntaxErr()
-	}
-	d.pos++
-	if err := d.enter(); err != nil {
+	if err := d.open(jsontext.KindBeginObject, "expected an object"); err != nil {
 		return err
 	}
-	fields := m.Descriptor().Fields()
-	d.ws()
-	if d.peek() == '}' {
-		d.pos++
-		d.depth--
-		return nil
-	}
+	fields := fieldsOf(md)
+	top := d.track && d.dec.StackDepth() == 1
+	// As protojson: a field (by either name) or a oneof at most once.
+	var seen, seenOneofs bitset
 	for {
-		d.ws()
-		if d.peek() != '"' {
-			return d.syntaxErr()
+		if ok, err := d.more(); !ok {
+			return err
 		}
-		key, err := d.rawString()
+		tok, err := d.dec.ReadToken()
 		if err != nil {
-			return err
+			return d.syntaxErr(err)
 		}
-		if err := d.expect(':'); err != nil {
-			return err
-		}
-		fd := fields.ByName(protoreflect.Name(key))
+		fd := fields[tok.String()] // inlined: no copy of the name
 		if fd == nil {
-			fd = fields.ByJSONName(key)
-		}
-		if fd == nil {
-			if err := d.skipValue(); err != nil {
+			if err := d.skip(); err != nil {
 				return err
 			}
-		} else {
-			d.path = append(d.path, string(fd.Name()))
-			if err := d.field(m, fd); err != nil {
+			continue
+		}
+		d.path = append(d.path, pathElem{name: string(fd.Name())})
+		if seen.add(int(fd.Number())) {
+			return d.fieldErr("field given more than once")
+		}
+		null := d.dec.PeekKind() == jsontext.KindNull
+		if null && !isValue(fd) {
+			if err := d.read(); err != nil {
 				return err
 			}
 			d.path = d.path[:len(d.path)-1]
+			continue // null is unset
 		}
-		d.ws()
-		switch d.peek() {
-		case ',':
-			d.pos++
-		case '}':
-			d.pos++
-			d.depth--
-			return nil
-		default:
-			return d.syntaxErr()
+		if top && !null {
+			d.given = append(d.given, fd.Name())
 		}
+		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() && seenOneofs.add(od.Index()) {
+			return d.fieldErr(fmt.Sprintf("only one of %s may be given", oneofMembers(od)))
+		}
+		if err := d.field(m, fd); err != nil {
+			return err
+		}
+		d.path = d.path[:len(d.path)-1]
 	}
 }
 
-func (d *decoder) field(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
-	d.ws()
-	if d.peekLiteral("null") {
-		if md := fd.Message(); md != nil && md.FullName() == "google.protobuf.Value" && !fd.IsList() && !fd.IsMap() {
-			d.pos += 4
-			m.Set(fd, protoreflect.ValueOfMessage(structpb.NewNullValue().ProtoReflect()))
-			return nil
-		}
-		d.pos += 4
-		m.Clear(fd)
-		return nil
+// isValue: a google.protobuf.Value field, where null is a value.
+func isValue(fd protoreflect.FieldDescriptor) bool {
+	return fd.Message() != nil && fd.Message().FullName() == "google.protobuf.Value" && !fd.IsList() && !fd.IsMap()
+}
+
+func oneofMembers(od protoreflect.OneofDescriptor) string {
+	names := make([]string, od.Fields().Len())
+	for i := range names {
+		names[i] = string(od.Fields().Get(i).Name())
 	}
+	return strings.Join(names, ", ")
+}
+
+func (d *decoder) field(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
 	switch {
 	case fd.IsList():
-		return d.list(m, fd)
+		if err := d.open(jsontext.KindBeginArray, "expected an array"); err != nil {
+			return err
+		}
+		l := m.Mutable(fd).List()
+		for i := 0; ; i++ {
+			if ok, err := d.more(); !ok {
+				return err
+			}
+			d.path = append(d.path, pathElem{index: i})
+			v, err := d.value(l.NewElement(), fd)
+			if err != nil {
+				return err
+			}
+			l.Append(v)
+			d.path = d.path[:len(d.path)-1]
+		}
 	case fd.IsMap():
-		return d.mapField(m, fd)
+		if err := d.open(jsontext.KindBeginObject, "expected an object"); err != nil {
+			return err
+		}
+		mp := m.Mutable(fd).Map()
+		for {
+			if ok, err := d.more(); !ok {
+				return err
+			}
+			name, err := d.name()
+			if err != nil {
+				return err
+			}
+			key, err := parseMapKey(fd.MapKey(), name)
+			if err != nil {
+				return d.fieldErr(fmt.Sprintf("invalid map key %q", name))
+			}
+			if mp.Has(key) {
+				return d.fieldErr(fmt.Sprintf("map key %q given more than once", name))
+			}
+			d.path = append(d.path, pathElem{name: key.String()})
+			v, err := d.value(mp.NewValue(), fd.MapValue())
+			if err != nil {
+				return err
+			}
+			mp.Set(key, v)
+			d.path = d.path[:len(d.path)-1]
+		}
 	case fd.Message() != nil:
 		return d.message(m.Mutable(fd).Message())
 	default:
@@ -226,118 +373,13 @@ func (d *decoder) field(m protoreflect.Message, fd protoreflect.FieldDescriptor)
 	}
 }
 
-func (d *decoder) list(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
-	if d.peek() != '[' {
-		if d.isValueStart() {
-			return d.fieldErr("expected an array")
-		}
-		return d.syntaxErr()
+// value reads one list element or map value into v (a new one, for a
+// message) or as a scalar.
+func (d *decoder) value(v protoreflect.Value, fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
+	if fd.Message() != nil {
+		return v, d.message(v.Message())
 	}
-	d.pos++
-	if err := d.enter(); err != nil {
-		return err
-	}
-	l := m.Mutable(fd).List()
-	d.ws()
-	if d.peek() == ']' {
-		d.pos++
-		d.depth--
-		return nil
-	}
-	for i := 0; ; i++ {
-		d.path = append(d.path, "["+strconv.Itoa(i)+"]")
-		d.ws()
-		if fd.Message() != nil {
-			e := l.NewElement()
-			if err := d.message(e.Message()); err != nil {
-				return err
-			}
-			l.Append(e)
-		} else {
-			v, err := d.scalar(fd)
-			if err != nil {
-				return err
-			}
-			l.Append(v)
-		}
-		d.path = d.path[:len(d.path)-1]
-		d.ws()
-		switch d.peek() {
-		case ',':
-			d.pos++
-		case ']':
-			d.pos++
-			d.depth--
-			return nil
-		default:
-			return d.syntaxErr()
-		}
-	}
-}
-
-func (d *decoder) mapField(m protoreflect.Message, fd protoreflect.FieldDescriptor) error {
-	if d.peek() != '{' {
-		if d.isValueStart() {
-			return d.fieldErr("expected an object")
-		}
-		return d.syntaxErr()
-	}
-	d.pos++
-	if err := d.enter(); err != nil {
-		return err
-	}
-	mp := m.Mutable(fd).Map()
-	kd, vd := fd.MapKey(), fd.MapValue()
-	d.ws()
-	if d.peek() == '}' {
-		d.pos++
-		d.depth--
-		return nil
-	}
-	for {
-		d.ws()
-		if d.peek() != '"' {
-			return d.syntaxErr()
-		}
-		ks, err := d.rawString()
-		if err != nil {
-			return err
-		}
-		key, err := parseMapKey(kd, ks)
-		if err != nil {
-			return d.fieldErr(fmt.Sprintf("invalid map key %q", ks))
-		}
-		if err := d.expect(':'); err != nil {
-			return err
-		}
-		d.ws()
-		d.path = append(d.path, ks)
-		if vd.Message() != nil {
-			val := mp.NewValue()
-			if err := d.message(val.Message()); err != nil {
-				return err
-			}
-			mp.Set(key, val)
-		} else {
-			v, err := d.scalar(vd)
-			if err != nil {
-				return err
-			}
-			mp.Set(key, v)
-		}
-		d.path = d.path[:len(d.path)-1]
-		d.ws()
-		switch d.peek() {
-		case ',':
-			d.pos++
-		case '}':
-			d.pos++
-			d.depth--
-			return nil
-		default:
-			return d.syntaxErr()
-		}
-	}
+	return d.scalar(fd)
 }
 
 func parseMapKey(kd protoreflect.FieldDescriptor, s string) (protoreflect.MapKey, error) {
@@ -362,87 +404,66 @@ func parseMapKey(kd protoreflect.FieldDescriptor, s string) (protoreflect.MapKey
 	}
 }
 
+// str reads a string where the field's type demands one.
+func (d *decoder) str(want string) (string, error) {
+	if d.dec.PeekKind() != jsontext.KindString {
+		return "", d.typeErr(want)
+	}
+	tok, err := d.dec.ReadToken()
+	if err != nil {
+		return "", d.syntaxErr(err)
+	}
+	return tok.String(), nil
+}
+
 // scalar reads one non-message value for fd.
 func (d *decoder) scalar(fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
-	d.ws()
 	switch fd.Kind() {
 	case protoreflect.BoolKind:
-		switch {
-		case d.peekLiteral("true"):
-			d.pos += 4
-			return protoreflect.ValueOfBool(true), nil
-		case d.peekLiteral("false"):
-			d.pos += 5
-			return protoreflect.ValueOfBool(false), nil
+		switch d.dec.PeekKind() {
+		case jsontext.KindTrue, jsontext.KindFalse:
+			tok, err := d.dec.ReadToken()
+			if err != nil {
+				return protoreflect.Value{}, d.syntaxErr(err)
+			}
+			return protoreflect.ValueOfBool(tok.Bool()), nil
 		}
 		return protoreflect.Value{}, d.typeErr("expected true or false")
 	case protoreflect.StringKind:
-		if d.peek() != '"' {
-			return protoreflect.Value{}, d.typeErr("expected a string")
-		}
-		s, err := d.rawString()
-		if err != nil {
-			return protoreflect.Value{}, err
-		}
-		return protoreflect.ValueOfString(s), nil
+		s, err := d.str("expected a string")
+		return protoreflect.ValueOfString(s), err
 	case protoreflect.BytesKind:
-		if d.peek() != '"' {
-			return protoreflect.Value{}, d.typeErr("expected a base64 string")
-		}
-		s, err := d.rawString()
+		s, err := d.str("expected a base64 string")
 		if err != nil {
 			return protoreflect.Value{}, err
 		}
-		b, err := base64.StdEncoding.DecodeString(s)
+		// As protojson: standard or URL alphabet, padded or not.
+		enc := base64.StdEncoding
+		if strings.ContainsAny(s, "-_") {
+			enc = base64.URLEncoding
+		}
+		if len(s)%4 != 0 {
+			enc = enc.WithPadding(base64.NoPadding)
+		}
+		b, err := enc.DecodeString(s)
 		if err != nil {
-			if b, err = base64.URLEncoding.DecodeString(s); err != nil {
-				return protoreflect.Value{}, d.fieldErr("expected a base64 string")
-			}
+			return protoreflect.Value{}, d.fieldErr("expected a base64 string")
 		}
 		return protoreflect.ValueOfBytes(b), nil
 	case protoreflect.EnumKind:
 		return d.enum(fd)
 	case protoreflect.FloatKind, protoreflect.DoubleKind:
-		f, err := d.floatToken()
-		if err != nil {
-			return protoreflect.Value{}, err
-		}
-		if fd.Kind() == protoreflect.FloatKind {
-			if !math.IsInf(f, 0) && !math.IsNaN(f) && math.Abs(f) > math.MaxFloat32 {
-				return protoreflect.Value{}, d.fieldErr("number out of range")
-			}
-			return protoreflect.ValueOfFloat32(float32(f)), nil
-		}
-		return protoreflect.ValueOfFloat64(f), nil
+		return d.float(fd)
 	default:
 		return d.integer(fd)
 	}
 }
 
-// typeErr reports a value of the wrong type, or a syntax error when what
-// follows is not a JSON value at all.
-func (d *decoder) typeErr(want string) error {
-	if d.isValueStart() {
-		return d.fieldErr(want)
-	}
-	return d.syntaxErr()
-}
-
-func (d *decoder) isValueStart() bool {
-	switch c := d.peek(); {
-	case c == '"' || c == '{' || c == '[' || c == '-' || (c >= '0' && c <= '9'):
-		return true
-	case d.peekLiteral("true") || d.peekLiteral("false") || d.peekLiteral("null"):
-		return true
-	}
-	return false
-}
-
 func (d *decoder) enum(fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
 	ed := fd.Enum()
-	switch c := d.peek(); {
-	case c == '"':
-		s, err := d.rawString()
+	switch d.dec.PeekKind() {
+	case jsontext.KindString:
+		s, err := d.str("")
 		if err != nil {
 			return protoreflect.Value{}, err
 		}
@@ -450,16 +471,13 @@ func (d *decoder) enum(fd protoreflect.FieldDescriptor) (protoreflect.Value, err
 			return protoreflect.ValueOfEnum(n), nil
 		}
 		name := string(fd.Name())
-		return protoreflect.Value{}, &DecodeError{
-			Field:  d.fieldPath(),
-			Reason: fmt.Sprintf("Invalid %s '%s'. Valid %ss: %s", name, truncate(s, 64), name, EnumValues(ed)),
-		}
-	case c == '-' || (c >= '0' && c <= '9'):
-		tok, err := d.numberToken()
+		return protoreflect.Value{}, d.fieldErr(fmt.Sprintf("Invalid %s '%s'. Valid %ss: %s", name, truncate(s, 64), name, EnumValues(ed)))
+	case jsontext.KindNumber:
+		raw, err := d.dec.ReadValue()
 		if err != nil {
-			return protoreflect.Value{}, err
+			return protoreflect.Value{}, d.syntaxErr(err)
 		}
-		n, err := strconv.ParseInt(tok, 10, 32)
+		n, err := strconv.ParseInt(string(raw), 10, 32)
 		if err != nil {
 			return protoreflect.Value{}, d.fieldErr("expected one of: " + EnumValues(ed))
 		}
@@ -468,461 +486,223 @@ func (d *decoder) enum(fd protoreflect.FieldDescriptor) (protoreflect.Value, err
 	return protoreflect.Value{}, d.typeErr("expected one of: " + EnumValues(ed))
 }
 
-func (d *decoder) integer(fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
-	var tok string
-	switch c := d.peek(); {
-	case c == '"':
-		// protojson accepts quoted integers (int64 over JSON); so do we.
-		s, err := d.rawString()
+// number reads a JSON number, or a string holding exactly one (protojson
+// writes 64-bit integers so), and returns its text.
+func (d *decoder) number(want string) (string, error) {
+	switch d.dec.PeekKind() {
+	case jsontext.KindNumber:
+		raw, err := d.dec.ReadValue()
 		if err != nil {
-			return protoreflect.Value{}, err
+			return "", d.syntaxErr(err)
 		}
-		tok = strings.TrimSpace(s)
-	case c == '-' || (c >= '0' && c <= '9'):
-		var err error
-		if tok, err = d.numberToken(); err != nil {
-			return protoreflect.Value{}, err
+		return string(raw), nil
+	case jsontext.KindString:
+		s, err := d.str(want)
+		if err != nil {
+			return "", err
 		}
-	default:
-		return protoreflect.Value{}, d.typeErr("expected an integer")
+		if !isNumber(s) {
+			return s, d.fieldErr(want)
+		}
+		return s, nil
 	}
+	return "", d.typeErr(want)
+}
+
+// isNumber reports whether s is exactly one JSON number.
+func isNumber(s string) bool {
+	digit := func(c byte) bool { return c >= '0' && c <= '9' }
+	return s != "" && (s[0] == '-' || digit(s[0])) && digit(s[len(s)-1]) && jsontext.Value(s).IsValid()
+}
+
+func (d *decoder) float(fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
 	bits := 64
-	switch fd.Kind() {
-	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind,
-		protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+	if fd.Kind() == protoreflect.FloatKind {
 		bits = 32
 	}
-	unsigned := fd.Kind() == protoreflect.Uint32Kind || fd.Kind() == protoreflect.Fixed32Kind ||
-		fd.Kind() == protoreflect.Uint64Kind || fd.Kind() == protoreflect.Fixed64Kind
-	if unsigned {
-		n, err := strconv.ParseUint(tok, 10, bits)
-		if err != nil {
-			f, ferr := strconv.ParseFloat(tok, 64)
-			if ferr != nil || f != math.Trunc(f) || f < 0 || f > math.Pow(2, float64(bits))-1 {
-				return protoreflect.Value{}, d.fieldErr("expected a non-negative integer")
-			}
-			n = uint64(f)
+	s, err := d.number("expected a number")
+	var f float64
+	switch {
+	case err == nil:
+		if f, err = strconv.ParseFloat(s, bits); err != nil {
+			return protoreflect.Value{}, d.fieldErr("number out of range")
 		}
-		if bits == 32 {
-			return protoreflect.ValueOfUint32(uint32(n)), nil
-		}
-		return protoreflect.ValueOfUint64(n), nil
-	}
-	n, err := strconv.ParseInt(tok, 10, bits)
-	if err != nil {
-		f, ferr := strconv.ParseFloat(tok, 64)
-		limit := math.Pow(2, float64(bits-1))
-		if ferr != nil || f != math.Trunc(f) || f < -limit || f >= limit {
-			if ferr == nil && f == math.Trunc(f) {
-				return protoreflect.Value{}, d.fieldErr("integer out of range")
-			}
-			return protoreflect.Value{}, d.fieldErr("expected an integer")
-		}
-		n = int64(f)
+	case s == "NaN":
+		f = math.NaN()
+	case s == "Infinity":
+		f = math.Inf(1)
+	case s == "-Infinity":
+		f = math.Inf(-1)
+	default:
+		return protoreflect.Value{}, err
 	}
 	if bits == 32 {
-		return protoreflect.ValueOfInt32(int32(n)), nil
+		return protoreflect.ValueOfFloat32(float32(f)), nil
 	}
-	return protoreflect.ValueOfInt64(n), nil
+	return protoreflect.ValueOfFloat64(f), nil
 }
 
-func (d *decoder) floatToken() (float64, error) {
-	switch c := d.peek(); {
-	case c == '"':
-		s, err := d.rawString()
-		if err != nil {
-			return 0, err
-		}
-		switch s {
-		case "NaN":
-			return math.NaN(), nil
-		case "Infinity":
-			return math.Inf(1), nil
-		case "-Infinity":
-			return math.Inf(-1), nil
-		}
-		f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-		if err != nil {
-			return 0, d.fieldErr("expected a number")
-		}
-		return f, nil
-	case c == '-' || (c >= '0' && c <= '9'):
-		tok, err := d.numberToken()
-		if err != nil {
-			return 0, err
-		}
-		f, err := strconv.ParseFloat(tok, 64)
-		if err != nil {
-			return 0, d.fieldErr("number out of range")
-		}
-		return f, nil
+func (d *decoder) integer(fd protoreflect.FieldDescriptor) (protoreflect.Value, error) {
+	s, err := d.number("expected an integer")
+	if err != nil {
+		return protoreflect.Value{}, err
 	}
-	return 0, d.typeErr("expected a number")
-}
-
-// numberToken scans a JSON number and returns its text.
-func (d *decoder) numberToken() (string, error) {
-	start := d.pos
-	if d.peek() == '-' {
-		d.pos++
+	digits, ok := integerDigits(s)
+	if !ok {
+		return protoreflect.Value{}, d.fieldErr("expected an integer")
 	}
-	switch c := d.peek(); {
-	case c == '0':
-		d.pos++
-	case c >= '1' && c <= '9':
-		for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
-			d.pos++
-		}
+	var v protoreflect.Value
+	switch fd.Kind() {
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		var n int64
+		n, err = strconv.ParseInt(digits, 10, 32)
+		v = protoreflect.ValueOfInt32(int32(n))
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		var n uint64
+		n, err = strconv.ParseUint(digits, 10, 32)
+		v = protoreflect.ValueOfUint32(uint32(n))
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		var n uint64
+		n, err = strconv.ParseUint(digits, 10, 64)
+		v = protoreflect.ValueOfUint64(n)
 	default:
-		return "", d.syntaxErr()
+		var n int64
+		n, err = strconv.ParseInt(digits, 10, 64)
+		v = protoreflect.ValueOfInt64(n)
 	}
-	if d.peek() == '.' {
-		d.pos++
-		if c := d.peek(); c < '0' || c > '9' {
-			return "", d.syntaxErr()
-		}
-		for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
-			d.pos++
-		}
+	if err != nil {
+		return protoreflect.Value{}, d.fieldErr("integer out of range")
 	}
-	if c := d.peek(); c == 'e' || c == 'E' {
-		d.pos++
-		if c := d.peek(); c == '+' || c == '-' {
-			d.pos++
-		}
-		if c := d.peek(); c < '0' || c > '9' {
-			return "", d.syntaxErr()
-		}
-		for d.pos < len(d.data) && d.data[d.pos] >= '0' && d.data[d.pos] <= '9' {
-			d.pos++
-		}
-	}
-	return string(d.data[start:d.pos]), nil
+	return v, nil
 }
 
-// stringValue reads a string where the field's type demands one.
-func (d *decoder) stringValue() (string, error) {
-	d.ws()
-	if d.peek() != '"' {
-		return "", d.typeErr("expected a string")
+// integerDigits writes a JSON number that is an integer in any form (12,
+// 12.0, 1.2e1, 120e-1) as plain digits, exactly; ok is false for a number
+// with a fraction.
+func integerDigits(s string) (string, bool) {
+	if s == "-0" {
+		return "0", true // even unsigned
 	}
-	return d.rawString()
+	if !strings.ContainsAny(s, ".eE") {
+		return s, true
+	}
+	sign := ""
+	if s[0] == '-' {
+		sign, s = "-", s[1:]
+	}
+	exp := 0
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		e, err := strconv.Atoi(s[i+1:])
+		if err != nil {
+			return "", false
+		}
+		s, exp = s[:i], e
+	}
+	whole, frac, _ := strings.Cut(s, ".")
+	digits := strings.TrimLeft(whole+frac, "0")
+	exp -= len(frac)
+	for ; exp < 0 && digits != ""; exp++ {
+		if digits[len(digits)-1] != '0' {
+			return "", false
+		}
+		digits = digits[:len(digits)-1]
+	}
+	switch {
+	case digits == "":
+		return "0", true
+	case len(digits)+exp > 20: // more digits than any 64-bit integer
+		return sign + "1" + strings.Repeat("0", 20), true
+	}
+	return sign + digits + strings.Repeat("0", exp), true
 }
 
-// rawString reads a JSON string starting at the opening quote. Invalid UTF-8
-// becomes U+FFFD (proto strings must be valid UTF-8).
-func (d *decoder) rawString() (string, error) {
-	d.pos++ // opening quote
-	start := d.pos
-	// Fast path: no escapes, all ASCII or valid UTF-8.
-	for d.pos < len(d.data) {
-		c := d.data[d.pos]
-		if c == '"' {
-			raw := d.data[start:d.pos]
-			d.pos++
-			if utf8.Valid(raw) {
-				return string(raw), nil
-			}
-			return strings.ToValidUTF8(string(raw), "\uFFFD"), nil
-		}
-		if c == '\\' {
-			break
-		}
-		if c < 0x20 {
-			return "", d.syntaxErr()
-		}
-		d.pos++
-	}
-	if d.pos >= len(d.data) {
-		return "", d.syntaxErr()
-	}
-	// Slow path with escapes.
-	var sb strings.Builder
-	sb.Write(d.data[start:d.pos])
-	for d.pos < len(d.data) {
-		c := d.data[d.pos]
-		switch {
-		case c == '"':
-			d.pos++
-			s := sb.String()
-			if !utf8.ValidString(s) {
-				s = strings.ToValidUTF8(s, "\uFFFD")
-			}
-			return s, nil
-		case c < 0x20:
-			return "", d.syntaxErr()
-		case c != '\\':
-			sb.WriteByte(c)
-			d.pos++
-			continue
-		}
-		d.pos++
-		if d.pos >= len(d.data) {
-			return "", d.syntaxErr()
-		}
-		e := d.data[d.pos]
-		d.pos++
-		switch e {
-		case '"', '\\', '/':
-			sb.WriteByte(e)
-		case 'b':
-			sb.WriteByte('\b')
-		case 'f':
-			sb.WriteByte('\f')
-		case 'n':
-			sb.WriteByte('\n')
-		case 'r':
-			sb.WriteByte('\r')
-		case 't':
-			sb.WriteByte('\t')
-		case 'u':
-			r, ok := d.hex4()
-			if !ok {
-				return "", d.syntaxErr()
-			}
-			if utf16.IsSurrogate(r) {
-				r2 := rune(utf8.RuneError)
-				if d.peekLiteral(`\u`) {
-					save := d.pos
-					d.pos += 2
-					if lo, ok := d.hex4(); ok {
-						if dec := utf16.DecodeRune(r, lo); dec != utf8.RuneError {
-							r2 = dec
-						} else {
-							d.pos = save
-						}
-					} else {
-						d.pos = save
-					}
-				}
-				r = r2
-			}
-			sb.WriteRune(r)
-		default:
-			return "", d.syntaxErr()
-		}
-	}
-	return "", d.syntaxErr()
-}
-
-func (d *decoder) hex4() (rune, bool) {
-	if len(d.data)-d.pos < 4 {
-		return 0, false
-	}
-	var r rune
-	for _, c := range d.data[d.pos : d.pos+4] {
-		r <<= 4
-		switch {
-		case c >= '0' && c <= '9':
-			r |= rune(c - '0')
-		case c >= 'a' && c <= 'f':
-			r |= rune(c - 'a' + 10)
-		case c >= 'A' && c <= 'F':
-			r |= rune(c - 'A' + 10)
-		default:
-			return 0, false
-		}
-	}
-	d.pos += 4
-	return r, true
-}
-
-// skipValue checks and passes over any JSON value (an unknown field's).
-func (d *decoder) skipValue() error {
-	d.ws()
-	switch c := d.peek(); {
-	case c == '"':
-		_, err := d.rawString()
-		return err
-	case c == '{':
-		return d.skipObject()
-	case c == '[':
-		d.pos++
-		if err := d.enter(); err != nil {
-			return err
-		}
-		d.ws()
-		if d.peek() == ']' {
-			d.pos++
-			d.depth--
-			return nil
-		}
-		for {
-			if err := d.skipValue(); err != nil {
-				return err
-			}
-			d.ws()
-			switch d.peek() {
-			case ',':
-				d.pos++
-			case ']':
-				d.pos++
-				d.depth--
-				return nil
-			default:
-				return d.syntaxErr()
-			}
-		}
-	case c == '-' || (c >= '0' && c <= '9'):
-		_, err := d.numberToken()
-		return err
-	case d.peekLiteral("true"):
-		d.pos += 4
-	case d.peekLiteral("false"):
-		d.pos += 5
-	case d.peekLiteral("null"):
-		d.pos += 4
-	default:
-		return d.syntaxErr()
-	}
-	return nil
-}
-
-func (d *decoder) skipObject() error {
-	d.ws()
-	if d.peek() != '{' {
-		return d.typeErr("expected an object")
-	}
-	d.pos++
-	if err := d.enter(); err != nil {
-		return err
-	}
-	d.ws()
-	if d.peek() == '}' {
-		d.pos++
-		d.depth--
-		return nil
-	}
+// skip passes over an unknown field's value, within maxDepth.
+func (d *decoder) skip() error {
+	start := d.dec.StackDepth()
 	for {
-		d.ws()
-		if d.peek() != '"' {
-			return d.syntaxErr()
+		tok, err := d.dec.ReadToken()
+		if err != nil {
+			return d.syntaxErr(err)
 		}
-		if _, err := d.rawString(); err != nil {
-			return err
+		if k := tok.Kind(); (k == '{' || k == '[') && d.dec.StackDepth() > maxDepth {
+			return d.fieldErr(fmt.Sprintf("nested deeper than %d levels", maxDepth))
 		}
-		if err := d.expect(':'); err != nil {
-			return err
-		}
-		if err := d.skipValue(); err != nil {
-			return err
-		}
-		d.ws()
-		switch d.peek() {
-		case ',':
-			d.pos++
-		case '}':
-			d.pos++
-			d.depth--
+		if d.dec.StackDepth() == start {
 			return nil
-		default:
-			return d.syntaxErr()
 		}
 	}
 }
 
 // jsonValue reads any JSON value as a google.protobuf.Value.
 func (d *decoder) jsonValue() (*structpb.Value, error) {
-	d.ws()
-	switch c := d.peek(); {
-	case c == '"':
-		s, err := d.rawString()
-		if err != nil {
+	switch d.dec.PeekKind() {
+	case jsontext.KindBeginObject:
+		s, err := d.jsonObject()
+		return structpb.NewStructValue(s), err
+	case jsontext.KindBeginArray:
+		if err := d.open(jsontext.KindBeginArray, ""); err != nil {
 			return nil, err
 		}
-		return structpb.NewStringValue(s), nil
-	case c == '{':
-		d.pos++
-		if err := d.enter(); err != nil {
-			return nil, err
-		}
-		fields := map[string]*structpb.Value{}
-		d.ws()
-		if d.peek() == '}' {
-			d.pos++
-			d.depth--
-			return structpb.NewStructValue(&structpb.Struct{Fields: fields}), nil
-		}
+		l := &structpb.ListValue{}
 		for {
-			d.ws()
-			if d.peek() != '"' {
-				return nil, d.syntaxErr()
-			}
-			k, err := d.rawString()
-			if err != nil {
-				return nil, err
-			}
-			if err := d.expect(':'); err != nil {
-				return nil, err
+			if ok, err := d.more(); !ok {
+				return structpb.NewListValue(l), err
 			}
 			v, err := d.jsonValue()
 			if err != nil {
 				return nil, err
 			}
-			fields[k] = v
-			d.ws()
-			switch d.peek() {
-			case ',':
-				d.pos++
-			case '}':
-				d.pos++
-				d.depth--
-				return structpb.NewStructValue(&structpb.Struct{Fields: fields}), nil
-			default:
-				return nil, d.syntaxErr()
-			}
+			l.Values = append(l.Values, v)
 		}
-	case c == '[':
-		d.pos++
-		if err := d.enter(); err != nil {
-			return nil, err
-		}
-		var values []*structpb.Value
-		d.ws()
-		if d.peek() == ']' {
-			d.pos++
-			d.depth--
-			return structpb.NewListValue(&structpb.ListValue{}), nil
-		}
-		for {
-			v, err := d.jsonValue()
-			if err != nil {
-				return nil, err
-			}
-			values = append(values, v)
-			d.ws()
-			switch d.peek() {
-			case ',':
-				d.pos++
-			case ']':
-				d.pos++
-				d.depth--
-				return structpb.NewListValue(&structpb.ListValue{Values: values}), nil
-			default:
-				return nil, d.syntaxErr()
-			}
-		}
-	case c == '-' || (c >= '0' && c <= '9'):
-		tok, err := d.numberToken()
+	case jsontext.KindString:
+		s, err := d.str("")
+		return structpb.NewStringValue(s), err
+	case jsontext.KindNumber:
+		s, err := d.number("")
 		if err != nil {
 			return nil, err
 		}
-		f, err := strconv.ParseFloat(tok, 64)
+		f, err := strconv.ParseFloat(s, 64)
 		if err != nil {
 			return nil, d.fieldErr("number out of range")
 		}
 		return structpb.NewNumberValue(f), nil
-	case d.peekLiteral("true"):
-		d.pos += 4
-		return structpb.NewBoolValue(true), nil
-	case d.peekLiteral("false"):
-		d.pos += 5
-		return structpb.NewBoolValue(false), nil
-	case d.peekLiteral("null"):
-		d.pos += 4
-		return structpb.NewNullValue(), nil
 	}
-	return nil, d.syntaxErr()
+	tok, err := d.dec.ReadToken()
+	switch {
+	case err != nil:
+		return nil, d.syntaxErr(err)
+	case tok.Kind() == jsontext.KindNull:
+		return structpb.NewNullValue(), nil
+	case tok.Kind() == jsontext.KindTrue, tok.Kind() == jsontext.KindFalse:
+		return structpb.NewBoolValue(tok.Bool()), nil
+	}
+	return nil, &DecodeError{Reason: fmt.Sprintf("request body is not valid JSON: unexpected %v (at byte %d)", tok.Kind(), d.dec.InputOffset())}
+}
+
+// jsonObject reads a JSON object as a google.protobuf.Struct.
+func (d *decoder) jsonObject() (*structpb.Struct, error) {
+	if err := d.open(jsontext.KindBeginObject, "expected an object"); err != nil {
+		return nil, err
+	}
+	s := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	for {
+		if ok, err := d.more(); !ok {
+			return s, err
+		}
+		name, err := d.name()
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := s.Fields[name]; dup {
+			return nil, d.fieldErr(fmt.Sprintf("key %q given more than once", name))
+		}
+		v, err := d.jsonValue()
+		if err != nil {
+			return nil, err
+		}
+		s.Fields[name] = v
+	}
 }
 
 func truncate(s string, n int) string {
@@ -935,8 +715,41 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// IsDecodeError reports whether err (or an error it wraps) is a DecodeError.
-func IsDecodeError(err error) bool {
-	var de *DecodeError
-	return errors.As(err, &de)
+// bitset is a set of small non-negative integers (field numbers, oneof
+// indexes), allocation-free below 64.
+type bitset struct {
+	low  uint64
+	high []int
 }
+
+// add puts n in the set and reports whether it was there already.
+func (s *bitset) add(n int) bool {
+	if n >= 0 && n < 64 {
+		had := s.low&(1<<n) != 0
+		s.low |= 1 << n
+		return had
+	}
+	if slices.Contains(s.high, n) {
+		return true
+	}
+	s.high = append(s.high, n)
+	return false
+}
+
+// fieldsOf maps a message's field names, proto and JSON, to its fields.
+func fieldsOf(md protoreflect.MessageDescriptor) map[string]protoreflect.FieldDescriptor {
+	if v, ok := fieldsCache.Load(md); ok {
+		return v.(map[string]protoreflect.FieldDescriptor)
+	}
+	fields := md.Fields()
+	m := make(map[string]protoreflect.FieldDescriptor, 2*fields.Len())
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		m[fd.JSONName()] = fd
+		m[string(fd.Name())] = fd
+	}
+	v, _ := fieldsCache.LoadOrStore(md, m)
+	return v.(map[string]protoreflect.FieldDescriptor)
+}
+
+var fieldsCache sync.Map // protoreflect.MessageDescriptor -> map[string]protoreflect.FieldDescriptor

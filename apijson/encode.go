@@ -1,30 +1,16 @@
-// Package apijson is the JSON form of the kgents API's messages, as the REST
-// surface and the SSE streams speak it. It follows the Python service the API
-// replaces rather than protojson's defaults:
-//
-//   - fields are named by their proto names (snake_case) and zero values are
-//     emitted; an unset optional or message field is null, an unset list [];
-//   - enums are lowercase strings without their type prefix (MODE_REFLECT is
-//     "reflect"), and are read case-insensitively, with or without the prefix;
-//   - 64-bit integers are JSON numbers, not strings;
-//   - timestamps are RFC 3339 with microseconds and an explicit +00:00 offset,
-//     which every Python version's datetime.fromisoformat reads;
-//   - unknown fields in a request are ignored; a value of the wrong type is an
-//     error that names the field.
-//
-// It walks messages with protoreflect and writes into a byte slice, which is
-// also several times cheaper than protojson on the request hot path.
 package apijson
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/base64"
 	"math"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -36,212 +22,177 @@ func Marshal(m proto.Message) ([]byte, error) {
 
 // AppendMessage appends the API JSON of m to b. A nil message is null.
 func AppendMessage(b []byte, m proto.Message) []byte {
-	if m == nil {
+	if m == nil || !m.ProtoReflect().IsValid() {
 		return append(b, "null"...)
 	}
-	r := m.ProtoReflect()
-	if !r.IsValid() {
-		return append(b, "null"...)
+	e := encoderPool.Get().(*encoder)
+	defer encoderPool.Put(e)
+	e.out = *bytes.NewBuffer(b) // the tokenizer appends to b in place
+	e.enc.Reset(&e.out, encodeOptions...)
+	e.err = nil
+	e.message(m.ProtoReflect())
+	if e.err != nil {
+		// Every string is accepted (invalid UTF-8 becomes U+FFFD), so only
+		// a token out of place, a bug here, gets this far.
+		panic("apijson: " + e.err.Error())
 	}
-	return appendMessage(b, r)
+	out := bytes.TrimSuffix(e.out.Bytes(), []byte{'\n'}) // the stream's separator
+	e.out = bytes.Buffer{}
+	return out
 }
 
-func appendMessage(b []byte, m protoreflect.Message) []byte {
+// encodeOptions: invalid UTF-8 is written as U+FFFD; U+2028 and U+2029 are
+// escaped so the output is safe to embed in JavaScript; names are ours and
+// unique, so not checked.
+var encodeOptions = []jsontext.Options{
+	jsontext.AllowInvalidUTF8(true), jsontext.EscapeForJS(true), jsontext.AllowDuplicateNames(true),
+}
+
+// encoder writes a message's tokens; err keeps the first failure.
+type encoder struct {
+	enc     jsontext.Encoder
+	out     bytes.Buffer
+	scratch []byte
+	err     error
+}
+
+var encoderPool = sync.Pool{New: func() any { return new(encoder) }}
+
+func (e *encoder) token(t jsontext.Token) {
+	if err := e.enc.WriteToken(t); err != nil && e.err == nil {
+		e.err = err
+	}
+}
+
+// raw writes a value this package formatted itself (into e.scratch).
+func (e *encoder) raw(v []byte) {
+	if err := e.enc.WriteValue(v); err != nil && e.err == nil {
+		e.err = err
+	}
+}
+
+func (e *encoder) message(m protoreflect.Message) {
 	md := m.Descriptor()
 	if w := wellKnown(md.FullName()); w != notWKT {
-		return w.encode(b, m)
+		e.wellKnown(w, m)
+		return
 	}
-	b = append(b, '{')
+	e.token(jsontext.BeginObject)
 	fields := md.Fields()
-	first := true
-	for i, n := 0, fields.Len(); i < n; i++ {
+	for i := 0; i < fields.Len(); i++ {
 		fd := fields.Get(i)
 		if od := fd.ContainingOneof(); od != nil && !od.IsSynthetic() && !m.Has(fd) {
-			// Only the member that is set speaks for a oneof.
-			continue
+			continue // only the member that is set speaks for a oneof
 		}
-		if !first {
-			b = append(b, ',')
-		}
-		first = false
-		b = append(b, '"')
-		b = append(b, fd.Name()...)
-		b = append(b, '"', ':')
-		b = appendField(b, m, fd)
+		e.token(jsontext.String(string(fd.Name())))
+		e.field(m, fd)
 	}
-	return append(b, '}')
+	e.token(jsontext.EndObject)
 }
 
-func appendField(b []byte, m protoreflect.Message, fd protoreflect.FieldDescriptor) []byte {
+func (e *encoder) field(m protoreflect.Message, fd protoreflect.FieldDescriptor) {
 	switch {
 	case fd.IsList():
 		l := m.Get(fd).List()
-		b = append(b, '[')
-		for i, n := 0, l.Len(); i < n; i++ {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendSingular(b, fd, l.Get(i))
+		e.token(jsontext.BeginArray)
+		for i := 0; i < l.Len(); i++ {
+			e.singular(fd, l.Get(i))
 		}
-		return append(b, ']')
+		e.token(jsontext.EndArray)
 	case fd.IsMap():
 		mp := m.Get(fd).Map()
-		b = append(b, '{')
-		first := true
-		// Map order is unspecified in proto; sort keys for stable output.
 		keys := make([]protoreflect.MapKey, 0, mp.Len())
 		mp.Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
 			keys = append(keys, k)
 			return true
 		})
-		sortMapKeys(keys)
+		slices.SortFunc(keys, compareKeys(fd.MapKey().Kind())) // stable output
+		e.token(jsontext.BeginObject)
 		for _, k := range keys {
-			if !first {
-				b = append(b, ',')
-			}
-			first = false
-			b = appendString(b, k.String())
-			b = append(b, ':')
-			b = appendSingular(b, fd.MapValue(), mp.Get(k))
+			e.token(jsontext.String(k.String()))
+			e.singular(fd.MapValue(), mp.Get(k))
 		}
-		return append(b, '}')
+		e.token(jsontext.EndObject)
 	case fd.HasPresence() && !m.Has(fd):
-		// Unset optional scalars and messages are null.
-		return append(b, "null"...)
+		e.token(jsontext.Null) // an unset optional scalar or message
 	default:
-		return appendSingular(b, fd, m.Get(fd))
+		e.singular(fd, m.Get(fd))
 	}
 }
 
-func appendSingular(b []byte, fd protoreflect.FieldDescriptor, v protoreflect.Value) []byte {
+func compareKeys(kind protoreflect.Kind) func(a, b protoreflect.MapKey) int {
+	switch kind {
+	case protoreflect.StringKind:
+		return func(a, b protoreflect.MapKey) int { return strings.Compare(a.String(), b.String()) }
+	case protoreflect.BoolKind:
+		return func(a, b protoreflect.MapKey) int { return cmp.Compare(a.String(), b.String()) } // false < true
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return func(a, b protoreflect.MapKey) int { return cmp.Compare(a.Uint(), b.Uint()) }
+	default:
+		return func(a, b protoreflect.MapKey) int { return cmp.Compare(a.Int(), b.Int()) }
+	}
+}
+
+func (e *encoder) singular(fd protoreflect.FieldDescriptor, v protoreflect.Value) {
 	switch fd.Kind() {
 	case protoreflect.BoolKind:
-		return strconv.AppendBool(b, v.Bool())
+		e.token(jsontext.Bool(v.Bool()))
 	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind,
 		protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
-		return strconv.AppendInt(b, v.Int(), 10)
-	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind,
-		protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
-		return strconv.AppendUint(b, v.Uint(), 10)
+		e.token(jsontext.Int(v.Int())) // numbers, 64-bit ones too
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		e.token(jsontext.Uint(v.Uint()))
 	case protoreflect.FloatKind:
-		return appendFloat(b, v.Float(), 32)
+		e.double(v.Float(), 32)
 	case protoreflect.DoubleKind:
-		return appendFloat(b, v.Float(), 64)
+		e.double(v.Float(), 64)
 	case protoreflect.StringKind:
-		return appendString(b, v.String())
+		e.token(jsontext.String(v.String()))
 	case protoreflect.BytesKind:
-		b = append(b, '"')
-		b = base64.StdEncoding.AppendEncode(b, v.Bytes())
-		return append(b, '"')
+		e.scratch = append(e.scratch[:0], '"')
+		e.scratch = base64.StdEncoding.AppendEncode(e.scratch, v.Bytes())
+		e.raw(append(e.scratch, '"'))
 	case protoreflect.EnumKind:
-		return appendEnum(b, fd.Enum(), v.Enum())
-	case protoreflect.MessageKind, protoreflect.GroupKind:
-		return appendMessage(b, v.Message())
+		e.enum(fd.Enum(), v.Enum())
+	default:
+		e.message(v.Message())
 	}
-	return append(b, "null"...)
 }
 
-func appendEnum(b []byte, ed protoreflect.EnumDescriptor, n protoreflect.EnumNumber) []byte {
+func (e *encoder) enum(ed protoreflect.EnumDescriptor, n protoreflect.EnumNumber) {
 	if ed.FullName() == "google.protobuf.NullValue" {
-		return append(b, "null"...)
+		e.token(jsontext.Null)
+		return
 	}
-	names := enumNamesOf(ed)
-	if name, ok := names.byNumber[n]; ok {
-		b = append(b, '"')
-		b = append(b, name...)
-		return append(b, '"')
+	if name, ok := enumNamesOf(ed).byNumber[n]; ok {
+		e.token(jsontext.String(name))
+		return
 	}
-	// A number this build does not know: say it as a number.
-	return strconv.AppendInt(b, int64(n), 10)
+	e.token(jsontext.Int(int64(n))) // a number this build does not know
 }
 
-// appendFloat formats like encoding/json (shortest representation, exponent
-// only for very large or small magnitudes). NaN and infinities, which JSON
-// cannot carry, are written as protojson does: as strings.
-func appendFloat(b []byte, f float64, bits int) []byte {
-	switch {
-	case math.IsNaN(f):
-		return append(b, `"NaN"`...)
-	case math.IsInf(f, 1):
-		return append(b, `"Infinity"`...)
-	case math.IsInf(f, -1):
-		return append(b, `"-Infinity"`...)
+// double writes a float or double field as Python's json module writes a
+// float: always with a decimal point or an exponent (0.0, 1.0, 1e+21), so a
+// Python client reads a float where the Python service sent one. NaN and
+// the infinities, which JSON cannot carry, are strings, as in protojson.
+// Numbers in google.protobuf.Value (AGENTESE results) have no declared type
+// and are written plainly (3, not 3.0).
+func (e *encoder) double(f float64, bits int) {
+	if f == math.Trunc(f) && math.Abs(f) < 1e21 { // written without a point or exponent
+		e.scratch = append(jsontext.AppendFloat(e.scratch[:0], f, bits), '.', '0')
+		e.raw(e.scratch)
+		return
 	}
-	abs := math.Abs(f)
-	format := byte('f')
-	if abs != 0 {
-		if bits == 64 && (abs < 1e-6 || abs >= 1e21) || bits == 32 && (float32(abs) < 1e-6 || float32(abs) >= 1e21) {
-			format = 'e'
-		}
+	if bits == 32 {
+		e.token(jsontext.Float32(float32(f)))
+		return
 	}
-	b = strconv.AppendFloat(b, f, format, -1, bits)
-	if format == 'e' {
-		// clean up e-09 to e-9
-		n := len(b)
-		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
-			b[n-2] = b[n-1]
-			b = b[:n-1]
-		}
-	}
-	return b
+	e.token(jsontext.Float(f)) // NaN and the infinities as strings
 }
 
-const hexDigits = "0123456789abcdef"
-
-// appendString writes s as a JSON string. Invalid UTF-8 becomes U+FFFD, and
-// U+2028/U+2029 are escaped so the output is safe to embed in JavaScript.
-func appendString(b []byte, s string) []byte {
-	b = append(b, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			b = append(b, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				b = append(b, '\\', c)
-			case '\n':
-				b = append(b, '\\', 'n')
-			case '\r':
-				b = append(b, '\\', 'r')
-			case '\t':
-				b = append(b, '\\', 't')
-			default:
-				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xF])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	b = append(b, s[start:]...)
-	return append(b, '"')
-}
-
-// AppendString writes s as a JSON string (see appendString).
-func AppendString(b []byte, s string) []byte { return appendString(b, s) }
-
-// AppendTimestamp writes t as the API's timestamp string.
+// AppendTimestamp writes t as the API's timestamp string: RFC 3339 with
+// microseconds and an explicit +00:00, which every Python version's
+// datetime.fromisoformat reads.
 func AppendTimestamp(b []byte, t time.Time) []byte {
 	b = append(b, '"')
 	b = t.UTC().AppendFormat(b, "2006-01-02T15:04:05.000000")
@@ -249,71 +200,9 @@ func AppendTimestamp(b []byte, t time.Time) []byte {
 	return append(b, '"')
 }
 
-// enumNames caches the JSON names of one enum's values.
-type enumNames struct {
-	byNumber map[protoreflect.EnumNumber]string
-	byName   map[string]protoreflect.EnumNumber // lowercase short and full names
-	list     string                             // "reflect, advise, ..." (UNSPECIFIED left out)
-}
-
-var enumCache sync.Map // protoreflect.FullName -> *enumNames
-
-func enumNamesOf(ed protoreflect.EnumDescriptor) *enumNames {
-	if v, ok := enumCache.Load(ed.FullName()); ok {
-		return v.(*enumNames)
-	}
-	prefix := enumPrefix(string(ed.Name()))
-	values := ed.Values()
-	en := &enumNames{
-		byNumber: make(map[protoreflect.EnumNumber]string, values.Len()),
-		byName:   make(map[string]protoreflect.EnumNumber, 2*values.Len()),
-	}
-	var listed []string
-	for i := 0; i < values.Len(); i++ {
-		vd := values.Get(i)
-		full := string(vd.Name())
-		short := strings.ToLower(strings.TrimPrefix(full, prefix))
-		if _, dup := en.byNumber[vd.Number()]; !dup {
-			en.byNumber[vd.Number()] = short
-		}
-		en.byName[short] = vd.Number()
-		en.byName[strings.ToLower(full)] = vd.Number()
-		if vd.Number() != 0 {
-			listed = append(listed, short)
-		}
-	}
-	en.list = strings.Join(listed, ", ")
-	v, _ := enumCache.LoadOrStore(ed.FullName(), en)
-	return v.(*enumNames)
-}
-
-// enumPrefix turns an enum type name into its values' prefix:
-// SessionStatus -> SESSION_STATUS_.
-func enumPrefix(name string) string {
-	var sb strings.Builder
-	for i, r := range name {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			sb.WriteByte('_')
-		}
-		sb.WriteRune(r)
-	}
-	return strings.ToUpper(sb.String()) + "_"
-}
-
-// EnumString is the API JSON name of an enum value ("reflect"), or "" for an
-// unknown number.
-func EnumString(e protoreflect.Enum) string {
-	return enumNamesOf(e.Descriptor()).byNumber[e.Number()]
-}
-
-// ParseEnum reads an enum value by its API name, case-insensitively, with or
-// without the type prefix. ok is false when nothing matches.
-func ParseEnum(ed protoreflect.EnumDescriptor, s string) (protoreflect.EnumNumber, bool) {
-	n, ok := enumNamesOf(ed).byName[strings.ToLower(strings.TrimSpace(s))]
-	return n, ok
-}
-
-// EnumValues lists the API names of an enum's values, the zero value left out.
-func EnumValues(ed protoreflect.EnumDescriptor) string {
-	return enumNamesOf(ed).list
+// AppendString appends s as a JSON string; invalid UTF-8 is written as
+// U+FFFD.
+func AppendString(b []byte, s string) []byte {
+	b, _ = jsontext.AppendQuote(b, s) // its only error: invalid UTF-8, replaced
+	return b
 }

@@ -1,315 +1,117 @@
 package apijson
 
 import (
+	"fmt"
 	"slices"
-	"strconv"
+	"strings"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/reflect/protoreflect"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// wkt is a well-known type whose JSON form is not an object of its fields.
+// wkt is a well-known type, whose JSON form is not an object of its fields.
 type wkt uint8
 
 const (
 	notWKT wkt = iota
 	wktTimestamp
-	wktDuration
 	wktStruct
 	wktValue
 	wktListValue
-	wktEmpty
-	wktWrapper
+	wktWrapper // DoubleValue, Int64Value...: the value itself, by our rules
+	// wktOther is every other google.protobuf message (Duration, Empty,
+	// Any...): none is in the API, and protojson reads and writes them.
+	wktOther
 )
 
 func wellKnown(name protoreflect.FullName) wkt {
-	if len(name) < 16 || name[:16] != "google.protobuf." {
+	short, ok := strings.CutPrefix(string(name), "google.protobuf.")
+	if !ok {
 		return notWKT
 	}
-	switch name[16:] {
+	switch short {
 	case "Timestamp":
 		return wktTimestamp
-	case "Duration":
-		return wktDuration
 	case "Struct":
 		return wktStruct
 	case "Value":
 		return wktValue
 	case "ListValue":
 		return wktListValue
-	case "Empty":
-		return wktEmpty
 	case "BoolValue", "Int32Value", "Int64Value", "UInt32Value", "UInt64Value",
 		"FloatValue", "DoubleValue", "StringValue", "BytesValue":
 		return wktWrapper
 	}
-	return notWKT
+	return wktOther
 }
 
-func (w wkt) encode(b []byte, m protoreflect.Message) []byte {
+// Timestamps have the range protojson allows: years 1 to 9999.
+const (
+	minTimestamp = -62135596800 // 0001-01-01T00:00:00Z
+	maxTimestamp = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+func (d *decoder) wellKnown(w wkt, m protoreflect.Message) error {
 	switch w {
 	case wktTimestamp:
-		return encodeTimestamp(b, m)
-	case wktDuration:
-		return encodeDuration(b, m)
-	case wktStruct:
-		return encodeStruct(b, m)
-	case wktValue:
-		return encodeValue(b, m)
-	case wktListValue:
-		return encodeListValue(b, m)
-	case wktEmpty:
-		return append(b, '{', '}')
-	default:
-		return encodeWrapper(b, m)
-	}
-}
-
-func (w wkt) decode(d *decoder, m protoreflect.Message) error {
-	switch w {
-	case wktTimestamp:
-		return decodeTimestamp(d, m)
-	case wktDuration:
-		return decodeDuration(d, m)
-	case wktStruct:
-		return decodeStruct(d, m)
-	case wktValue:
-		return decodeValue(d, m)
-	case wktListValue:
-		return decodeListValue(d, m)
-	case wktEmpty:
-		return decodeEmpty(d, m)
-	default:
-		return decodeWrapper(d, m)
-	}
-}
-
-func encodeTimestamp(b []byte, m protoreflect.Message) []byte {
-	ts, ok := m.Interface().(*timestamppb.Timestamp)
-	if !ok {
+		const want = "expected an RFC 3339 timestamp"
+		s, err := d.str(want)
+		if err != nil {
+			return err
+		}
+		t, perr := time.Parse(time.RFC3339Nano, s)
+		// At most nanoseconds: the fraction ends where the zone begins.
+		if frac := strings.IndexByte(s, '.'); perr != nil || frac >= 0 && strings.IndexAny(s[frac:], "Z+-")-1 > 9 {
+			return d.fieldErr(want)
+		}
+		if t.Unix() < minTimestamp || t.Unix() > maxTimestamp {
+			return d.fieldErr("timestamp out of range (years 1 to 9999)")
+		}
 		fields := m.Descriptor().Fields()
-		ts = &timestamppb.Timestamp{
-			Seconds: m.Get(fields.ByNumber(1)).Int(),
-			Nanos:   int32(m.Get(fields.ByNumber(2)).Int()),
+		m.Set(fields.ByNumber(1), protoreflect.ValueOfInt64(t.Unix()))
+		m.Set(fields.ByNumber(2), protoreflect.ValueOfInt32(int32(t.Nanosecond())))
+		return nil
+	case wktStruct:
+		s, err := d.jsonObject()
+		if err != nil {
+			return err
 		}
-	}
-	return AppendTimestamp(b, ts.AsTime())
-}
-
-func encodeDuration(b []byte, m protoreflect.Message) []byte {
-	fields := m.Descriptor().Fields()
-	d := time.Duration(m.Get(fields.ByNumber(1)).Int())*time.Second + time.Duration(m.Get(fields.ByNumber(2)).Int())
-	b = append(b, '"')
-	b = strconv.AppendFloat(b, d.Seconds(), 'f', -1, 64)
-	return append(b, 's', '"')
-}
-
-func encodeWrapper(b []byte, m protoreflect.Message) []byte {
-	fd := m.Descriptor().Fields().ByNumber(1)
-	return appendSingular(b, fd, m.Get(fd))
-}
-
-func encodeStruct(b []byte, m protoreflect.Message) []byte {
-	s, ok := m.Interface().(*structpb.Struct)
-	if !ok {
-		return append(b, '{', '}')
-	}
-	return appendStruct(b, s)
-}
-
-func appendStruct(b []byte, s *structpb.Struct) []byte {
-	keys := make([]string, 0, len(s.GetFields()))
-	for k := range s.GetFields() {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	b = append(b, '{')
-	for i, k := range keys {
-		if i > 0 {
-			b = append(b, ',')
+		copyInto(m, s.ProtoReflect())
+	case wktValue:
+		v, err := d.jsonValue()
+		if err != nil {
+			return err
 		}
-		b = appendString(b, k)
-		b = append(b, ':')
-		b = appendValue(b, s.GetFields()[k])
-	}
-	return append(b, '}')
-}
-
-func encodeValue(b []byte, m protoreflect.Message) []byte {
-	v, ok := m.Interface().(*structpb.Value)
-	if !ok {
-		return append(b, "null"...)
-	}
-	return appendValue(b, v)
-}
-
-func encodeListValue(b []byte, m protoreflect.Message) []byte {
-	l, ok := m.Interface().(*structpb.ListValue)
-	if !ok {
-		return append(b, '[', ']')
-	}
-	return appendList(b, l)
-}
-
-func appendList(b []byte, l *structpb.ListValue) []byte {
-	b = append(b, '[')
-	for i, v := range l.GetValues() {
-		if i > 0 {
-			b = append(b, ',')
+		copyInto(m, v.ProtoReflect())
+	case wktListValue:
+		if d.dec.PeekKind() != jsontext.KindBeginArray {
+			return d.typeErr("expected an array")
 		}
-		b = appendValue(b, v)
-	}
-	return append(b, ']')
-}
-
-func appendValue(b []byte, v *structpb.Value) []byte {
-	switch k := v.GetKind().(type) {
-	case *structpb.Value_BoolValue:
-		return strconv.AppendBool(b, k.BoolValue)
-	case *structpb.Value_NumberValue:
-		return appendFloat(b, k.NumberValue, 64)
-	case *structpb.Value_StringValue:
-		return appendString(b, k.StringValue)
-	case *structpb.Value_StructValue:
-		return appendStruct(b, k.StructValue)
-	case *structpb.Value_ListValue:
-		return appendList(b, k.ListValue)
+		v, err := d.jsonValue()
+		if err != nil {
+			return err
+		}
+		copyInto(m, v.GetListValue().ProtoReflect())
+	case wktWrapper:
+		fd := m.Descriptor().Fields().ByNumber(1)
+		v, err := d.scalar(fd)
+		if err != nil {
+			return err
+		}
+		m.Set(fd, v)
 	default:
-		return append(b, "null"...)
-	}
-}
-
-func sortMapKeys(keys []protoreflect.MapKey) {
-	slices.SortFunc(keys, func(a, b protoreflect.MapKey) int {
-		switch av := a.Interface().(type) {
-		case string:
-			bv := b.Interface().(string)
-			switch {
-			case av < bv:
-				return -1
-			case av > bv:
-				return 1
-			}
-			return 0
-		case bool:
-			bv := b.Interface().(bool)
-			switch {
-			case av == bv:
-				return 0
-			case !av:
-				return -1
-			}
-			return 1
-		case int32, int64:
-			ai, bi := a.Int(), b.Int()
-			switch {
-			case ai < bi:
-				return -1
-			case ai > bi:
-				return 1
-			}
-			return 0
-		default:
-			au, bu := a.Uint(), b.Uint()
-			switch {
-			case au < bu:
-				return -1
-			case au > bu:
-				return 1
-			}
-			return 0
+		raw, err := d.dec.ReadValue()
+		if err != nil {
+			return d.syntaxErr(err)
 		}
-	})
-}
-
-// Decoding of well-known types.
-
-func decodeTimestamp(d *decoder, m protoreflect.Message) error {
-	s, err := d.stringValue()
-	if err != nil {
-		return err
+		if err := protojson.Unmarshal(raw, m.Interface()); err != nil {
+			return d.fieldErr(fmt.Sprintf("expected a %s", m.Descriptor().FullName()))
+		}
 	}
-	t, perr := time.Parse(time.RFC3339Nano, s)
-	if perr != nil {
-		return d.fieldErr("expected an RFC 3339 timestamp")
-	}
-	ts := timestamppb.New(t)
-	fields := m.Descriptor().Fields()
-	m.Set(fields.ByNumber(1), protoreflect.ValueOfInt64(ts.GetSeconds()))
-	m.Set(fields.ByNumber(2), protoreflect.ValueOfInt32(ts.GetNanos()))
 	return nil
-}
-
-func decodeDuration(d *decoder, m protoreflect.Message) error {
-	s, err := d.stringValue()
-	if err != nil {
-		return err
-	}
-	dur, perr := time.ParseDuration(s)
-	if perr != nil {
-		return d.fieldErr(`expected a duration such as "1.5s"`)
-	}
-	pb := durationpb.New(dur)
-	fields := m.Descriptor().Fields()
-	m.Set(fields.ByNumber(1), protoreflect.ValueOfInt64(pb.GetSeconds()))
-	m.Set(fields.ByNumber(2), protoreflect.ValueOfInt32(pb.GetNanos()))
-	return nil
-}
-
-func decodeEmpty(d *decoder, _ protoreflect.Message) error {
-	return d.skipObject()
-}
-
-func decodeWrapper(d *decoder, m protoreflect.Message) error {
-	fd := m.Descriptor().Fields().ByNumber(1)
-	v, err := d.scalar(fd)
-	if err != nil {
-		return err
-	}
-	m.Set(fd, v)
-	return nil
-}
-
-func decodeStruct(d *decoder, m protoreflect.Message) error {
-	v, err := d.jsonValue()
-	if err != nil {
-		return err
-	}
-	sv, ok := v.GetKind().(*structpb.Value_StructValue)
-	if !ok {
-		return d.fieldErr("expected an object")
-	}
-	proto2struct(m, sv.StructValue)
-	return nil
-}
-
-func decodeValue(d *decoder, m protoreflect.Message) error {
-	v, err := d.jsonValue()
-	if err != nil {
-		return err
-	}
-	copyInto(m, v.ProtoReflect())
-	return nil
-}
-
-func decodeListValue(d *decoder, m protoreflect.Message) error {
-	v, err := d.jsonValue()
-	if err != nil {
-		return err
-	}
-	lv, ok := v.GetKind().(*structpb.Value_ListValue)
-	if !ok {
-		return d.fieldErr("expected an array")
-	}
-	copyInto(m, lv.ListValue.ProtoReflect())
-	return nil
-}
-
-func proto2struct(m protoreflect.Message, s *structpb.Struct) {
-	copyInto(m, s.ProtoReflect())
 }
 
 // copyInto sets every populated field of src on dst (same message type).
@@ -318,4 +120,70 @@ func copyInto(dst, src protoreflect.Message) {
 		dst.Set(fd, v)
 		return true
 	})
+}
+
+func (e *encoder) wellKnown(w wkt, m protoreflect.Message) {
+	switch v := m.Interface().(type) {
+	case *structpb.Struct:
+		e.structFields(v.GetFields())
+	case *structpb.Value:
+		e.jsonValue(v)
+	case *structpb.ListValue:
+		e.jsonList(v)
+	default:
+		fields := m.Descriptor().Fields()
+		switch w {
+		case wktWrapper:
+			e.singular(fields.ByNumber(1), m.Get(fields.ByNumber(1)))
+		case wktTimestamp:
+			t := time.Unix(m.Get(fields.ByNumber(1)).Int(), m.Get(fields.ByNumber(2)).Int())
+			e.scratch = AppendTimestamp(e.scratch[:0], t)
+			e.raw(e.scratch)
+		default:
+			b, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(v)
+			if err != nil && e.err == nil {
+				e.err = err
+			}
+			e.raw(b)
+		}
+	}
+}
+
+func (e *encoder) structFields(fields map[string]*structpb.Value) {
+	keys := make([]string, 0, len(fields))
+	for k := range fields {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys) // stable output
+	e.token(jsontext.BeginObject)
+	for _, k := range keys {
+		e.token(jsontext.String(k))
+		e.jsonValue(fields[k])
+	}
+	e.token(jsontext.EndObject)
+}
+
+func (e *encoder) jsonList(l *structpb.ListValue) {
+	e.token(jsontext.BeginArray)
+	for _, v := range l.GetValues() {
+		e.jsonValue(v)
+	}
+	e.token(jsontext.EndArray)
+}
+
+func (e *encoder) jsonValue(v *structpb.Value) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		e.token(jsontext.Bool(k.BoolValue))
+	case *structpb.Value_NumberValue:
+		e.token(jsontext.Float(k.NumberValue))
+	case *structpb.Value_StringValue:
+		e.token(jsontext.String(k.StringValue))
+	case *structpb.Value_StructValue:
+		e.structFields(k.StructValue.GetFields())
+	case *structpb.Value_ListValue:
+		e.jsonList(k.ListValue)
+	default:
+		e.token(jsontext.Null)
+	}
 }

@@ -46,113 +46,174 @@ const (
 	publishTimeout = 5 * time.Second
 )
 
-// item is one decoded message.
+// item is one event of a fetched message (a batch message gives several).
 type item struct {
-	msg jetstream.Msg
-	id  string // CloudEvent id ("" if the payload has none)
-	typ string // CloudEvent type, or the subject's suffix
+	src  *source
+	data []byte // the event's CloudEvent JSON
+	id   string // CloudEvent id ("" if the payload has none)
+	typ  string // CloudEvent type, or the subject's suffix
+}
+
+// source is a fetched message and the state of its events: it is
+// acknowledged once every one of them is accepted or dead-lettered, and
+// handed back (once) if any of them must be retried. One worker owns it.
+type source struct {
+	msg      jetstream.Msg
+	left     int  // events neither accepted nor dead-lettered yet
+	released bool // handed back: never acknowledged by this delivery
+	acked    bool
+}
+
+// resolve counts one of src's events as done (accepted or dead-lettered)
+// and reports whether the message can now be acknowledged.
+func (s *source) resolve() bool {
+	s.left--
+	return s.left == 0 && !s.released && !s.acked
 }
 
 // deliver sends one fetched batch. Its messages are marked in progress
-// until each is acknowledged or released, however long that takes.
-func (p *Processor) deliver(ctx context.Context, msgs []jetstream.Msg) {
+// while this worker holds them (a slow request, a split); a batch OpenMeter
+// did not take is handed back with a delay instead of being held through
+// the backoff (see send). streak counts this worker's consecutive failed
+// requests, for the backoff. deliver returns once the batch is acknowledged
+// or handed back and the worker has waited out the backoff.
+func (p *Processor) deliver(ctx context.Context, msgs []jetstream.Msg, streak *int) {
 	stop := p.keepAlive(msgs)
-	defer stop()
 	items := make([]item, 0, len(msgs))
+	var toAck []*source
 	for _, m := range msgs {
-		it, err := decode(m)
+		got, err := decode(m)
 		if err != nil {
-			p.deadLetter(ctx, it, err.Error(), 0)
+			// Not even a batch we can split: the message as a whole.
+			src := &source{msg: m, left: 1}
+			p.deadLetter(ctx, item{src: src, data: m.Data(), typ: strings.TrimPrefix(m.Subject(), EventSubjectPrefix)}, err.Error(), 0, &toAck)
 			continue
 		}
-		items = append(items, it)
+		for _, it := range got {
+			if it.err != nil {
+				p.deadLetter(ctx, it.item, it.err.Error(), 0, &toAck)
+				continue
+			}
+			items = append(items, it.item)
+		}
 	}
+	p.ackSources(ctx, toAck)
+	var wait time.Duration
 	if len(items) > 0 {
-		p.send(ctx, items, 0)
+		wait = p.send(ctx, items, 0, streak)
 	}
+	stop()
+	sleep(ctx, wait)
 }
 
-// decode checks that a payload is a structured JSON CloudEvent 1.0 that
-// OpenMeter can take, since its bytes are copied into the batch as they are.
-func decode(m jetstream.Msg) (item, error) {
-	it := item{msg: m, typ: strings.TrimPrefix(m.Subject(), EventSubjectPrefix)}
-	data := m.Data()
-	if !json.Valid(data) {
-		return it, errors.New("payload is not JSON")
+// decoded is one event of a message, or why it cannot be sent.
+type decoded struct {
+	item
+	err error
+}
+
+// decode splits a message into its events and checks that each is a
+// structured JSON CloudEvent 1.0 that OpenMeter can take, since its bytes
+// are copied into the batch as they are. The error is for a message that
+// cannot be split at all.
+func decode(m jetstream.Msg) ([]decoded, error) {
+	events, err := SplitMessage(m.Subject(), m.Data())
+	if err != nil {
+		return nil, err
+	}
+	src := &source{msg: m, left: len(events)}
+	if len(events) == 0 {
+		return nil, errors.New("batch holds no event")
+	}
+	out := make([]decoded, len(events))
+	for i, data := range events {
+		out[i].item = item{src: src, data: data, typ: strings.TrimPrefix(m.Subject(), EventSubjectPrefix)}
+		out[i].err = decodeEvent(&out[i].item)
+	}
+	return out, nil
+}
+
+// decodeEvent fills it's id and type from its CloudEvent, checking it.
+func decodeEvent(it *item) error {
+	if !json.Valid(it.data) {
+		return errors.New("payload is not JSON")
 	}
 	var ev event.Event
-	if err := ev.UnmarshalJSON(data); err != nil {
-		return it, fmt.Errorf("payload is not a CloudEvent: %w", err)
+	if err := ev.UnmarshalJSON(it.data); err != nil {
+		return fmt.Errorf("payload is not a CloudEvent: %w", err)
 	}
 	it.id = ev.ID()
 	if ev.Type() != "" {
 		it.typ = ev.Type()
 	}
-	if err := validate(&ev); err != nil {
-		return it, err
-	}
-	return it, nil
+	return validate(&ev)
 }
 
-// send posts items until OpenMeter accepts them, acknowledging them then.
-// A rejected batch is split in halves until the rejected events are alone;
-// those are dead-lettered. It gives up only when ctx ends, releasing the
-// items without acknowledging them.
-func (p *Processor) send(ctx context.Context, items []item, depth int) {
-	for attempt := 0; ; attempt++ {
-		if !sleep(ctx, time.Until(time.Unix(0, p.pauseUntil.Load()))) {
-			release(msgsOf(items))
-			return
-		}
-		err := p.post(ctx, items, attempt, depth)
-		if err == nil {
-			p.markSuccess()
-			p.ack(ctx, items)
-			return
-		}
-		if ctx.Err() != nil {
-			// Shutting down: the request was cut short, or its answer
-			// does not matter any more.
-			release(msgsOf(items))
-			return
-		}
-		var ie *IngestError
-		if !errors.As(err, &ie) {
-			ie = &IngestError{Kind: KindNetwork, Detail: err.Error()}
-		}
-		p.m.flushErrors[ie.Kind].Inc()
-		if ie.Kind == KindBadBatch {
-			p.rejected(ctx, items, ie, depth)
-			return
-		}
-		p.markError(err, true)
-		wait := p.retryWait(ie, attempt)
-		if ie.Kind == KindRateLimited {
-			p.pause(wait)
-		}
-		p.log.Warn("openmeter ingestion failed; retrying the same batch", "reason", ie.Kind, "status", ie.Status,
-			"error", err, "events", len(items), "attempt", attempt+1, "retry_in", wait)
-		if !sleep(ctx, wait) {
-			release(msgsOf(items))
-			return
-		}
+// send posts items once, acknowledging them if OpenMeter accepts them. A
+// rejected batch is split in halves until the rejected events are alone;
+// those are dead-lettered. A batch that failed otherwise (5xx, 429, network,
+// timeout) is handed back to the consumer with NakWithDelay(backoff): the
+// events are redelivered — to this worker or any other, on any replica —
+// once the backoff has passed, and meanwhile nothing is held here, so a
+// replica killed during an outage leaves nothing waiting for the ack wait.
+// send returns how long the worker should wait before fetching again (the
+// backoff; 0 after a success). When ctx ends the items are released at once.
+func (p *Processor) send(ctx context.Context, items []item, depth int, streak *int) time.Duration {
+	if !sleep(ctx, time.Until(time.Unix(0, p.pauseUntil.Load()))) {
+		p.giveBack(items, 0)
+		return 0
 	}
+	err := p.post(ctx, items, *streak, depth)
+	if err == nil {
+		*streak = 0
+		p.markSuccess()
+		p.ack(ctx, items)
+		return 0
+	}
+	if ctx.Err() != nil {
+		// Shutting down: the request was cut short, or its answer
+		// does not matter any more.
+		p.giveBack(items, 0)
+		return 0
+	}
+	var ie *IngestError
+	if !errors.As(err, &ie) {
+		ie = &IngestError{Kind: KindNetwork, Detail: err.Error()}
+	}
+	p.m.flushErrors[ie.Kind].Inc()
+	if ie.Kind == KindBadBatch {
+		return p.rejected(ctx, items, ie, depth, streak)
+	}
+	p.markError(err, true)
+	wait := p.retryWait(ie, *streak)
+	*streak++
+	if ie.Kind == KindRateLimited {
+		p.pause(wait)
+	}
+	p.giveBack(items, wait)
+	p.log.Warn("openmeter ingestion failed; the batch is handed back for a retry", "reason", ie.Kind, "status", ie.Status,
+		"error", err, "events", len(items), "attempt", *streak, "retry_in", wait)
+	return wait
 }
 
 // rejected handles a 400/413/422: OpenMeter is working, but some event (or
 // the batch's size) is not acceptable. OpenMeter's batches are not atomic,
 // so the halves may repeat events it already took; it dedupes them by id.
-func (p *Processor) rejected(ctx context.Context, items []item, ie *IngestError, depth int) {
+func (p *Processor) rejected(ctx context.Context, items []item, ie *IngestError, depth int, streak *int) time.Duration {
 	p.markReachable()
+	*streak = 0
 	if len(items) == 1 {
-		p.deadLetter(ctx, items[0], ie.Error(), ie.Status)
-		return
+		var toAck []*source
+		p.deadLetter(ctx, items[0], ie.Error(), ie.Status, &toAck)
+		p.ackSources(ctx, toAck)
+		return 0
 	}
 	p.log.Info("openmeter rejected a batch; splitting it to isolate the bad events", "events", len(items),
 		"status", ie.Status, "error", ie.Error())
 	half := len(items) / 2
-	p.send(ctx, items[:half], depth+1)
-	p.send(ctx, items[half:], depth+1)
+	w1 := p.send(ctx, items[:half], depth+1, streak)
+	w2 := p.send(ctx, items[half:], depth+1, streak)
+	return max(w1, w2)
 }
 
 // pause holds every worker back for d.
@@ -224,7 +285,7 @@ func (p *Processor) post(ctx context.Context, items []item, attempt, depth int) 
 func batchBody(items []item) []byte {
 	events := make([][]byte, len(items))
 	for i, it := range items {
-		events[i] = it.msg.Data()
+		events[i] = it.data
 	}
 	return BatchBody(events)
 }
@@ -255,12 +316,28 @@ func (p *Processor) graceContext(ctx context.Context, timeout time.Duration) (co
 // reply) are retried for up to half the ack wait; what stays unconfirmed is
 // redelivered later, resent, and deduplicated by id.
 func (p *Processor) ack(ctx context.Context, items []item) {
+	var done []*source
 	for _, it := range items {
 		p.m.sent[typeLabel(it.typ)].Inc()
+		if it.src.resolve() {
+			done = append(done, it.src)
+		}
+	}
+	p.ackSources(ctx, done)
+}
+
+// ackSources acknowledges messages whose events are all done.
+func (p *Processor) ackSources(ctx context.Context, srcs []*source) {
+	if len(srcs) == 0 {
+		return
+	}
+	pending := make([]jetstream.Msg, len(srcs))
+	for i, s := range srcs {
+		s.acked = true
+		pending[i] = s.msg
 	}
 	actx, cancel := p.graceContext(ctx, p.cfg.AckWait/2)
 	defer cancel()
-	pending := msgsOf(items)
 	if !p.cfg.ConfirmEveryAck && p.ackBatch(actx, pending) {
 		return
 	}
@@ -275,6 +352,25 @@ func (p *Processor) ack(ctx context.Context, items []item) {
 	}
 	p.m.ackFailures.Add(float64(len(pending)))
 	p.log.Warn("acks not confirmed; those events will be redelivered and deduplicated by id", "events", len(pending))
+}
+
+// giveBack hands the messages of items back for redelivery after delay
+// (at once for 0), each once: a batch message goes back whole, and its
+// events accepted already are sent again and deduplicated by id.
+func (p *Processor) giveBack(items []item, delay time.Duration) {
+	var msgs []jetstream.Msg
+	for _, it := range items {
+		if it.src.released || it.src.acked {
+			continue
+		}
+		it.src.released = true
+		msgs = append(msgs, it.src.msg)
+	}
+	if delay <= 0 {
+		release(msgs)
+		return
+	}
+	p.handBack(msgs, delay)
 }
 
 // ackBatch publishes the acks of msgs and confirms them with one AckSync on
@@ -326,16 +422,16 @@ func (p *Processor) confirmAcks(ctx context.Context, msgs []jetstream.Msg) []jet
 // valid CloudEvent) to kgent.metering.dead.<type> with the reason in a
 // header, then acknowledges it. If the dead letter cannot be stored, the
 // event is released for a later attempt instead: never dropped.
-func (p *Processor) deadLetter(ctx context.Context, it item, reason string, status int) {
+func (p *Processor) deadLetter(ctx context.Context, it item, reason string, status int, toAck *[]*source) {
 	typ := it.typ
 	if !validSubjectToken(typ) {
 		typ = "unknown"
 	}
 	dl := nats.NewMsg(DeadLetterSubject(typ))
-	dl.Data = it.msg.Data()
+	dl.Data = it.data
 	dl.Header.Set(jetstream.MsgIDHeader, "dead-"+deadID(it))
 	dl.Header.Set(HeaderDeadReason, headerValue(reason))
-	dl.Header.Set(HeaderOriginalSubject, it.msg.Subject())
+	dl.Header.Set(HeaderOriginalSubject, it.src.msg.Subject())
 	if status != 0 {
 		dl.Header.Set(HeaderDeadStatus, strconv.Itoa(status))
 	}
@@ -343,13 +439,17 @@ func (p *Processor) deadLetter(ctx context.Context, it item, reason string, stat
 	defer cancel()
 	if _, err := p.js.PublishMsg(pctx, dl); err != nil {
 		p.log.Error("cannot store a dead letter; the event will be retried", "event_id", it.id, "error", err)
-		_ = it.msg.NakWithDelay(p.cfg.BackoffMax)
+		if !it.src.released && !it.src.acked {
+			it.src.released = true
+			_ = it.src.msg.NakWithDelay(p.cfg.BackoffMax)
+		}
 		return
 	}
-	if failed := p.confirmAcks(pctx, []jetstream.Msg{it.msg}); len(failed) > 0 {
-		// Redelivered later, dead-lettered again: the dead letter's
+	if it.src.resolve() {
+		// Acknowledged with the rest of the batch's done messages; one
+		// redelivered later is dead-lettered again, and the dead letter's
 		// Nats-Msg-Id drops the copy within the duplicate window.
-		p.m.ackFailures.Inc()
+		*toAck = append(*toAck, it.src)
 	}
 	p.m.dead[typeLabel(it.typ)].Inc()
 	p.markError(fmt.Errorf("event %s dead-lettered: %s", it.id, reason), false)
@@ -363,7 +463,7 @@ func deadID(it item) string {
 	if it.id != "" && len(it.id) <= 256 && headerValue(it.id) == it.id {
 		return it.id
 	}
-	sum := sha256.Sum256(it.msg.Data())
+	sum := sha256.Sum256(it.data)
 	return "sha256-" + hex.EncodeToString(sum[:16])
 }
 
@@ -382,8 +482,9 @@ func headerValue(s string) string {
 }
 
 // keepAlive marks msgs in progress every AckWait/4 until stop is called, so
-// a batch in backoff, in a slow request or being split is not redelivered to
-// another worker meanwhile. Acknowledged messages are skipped by the client.
+// a batch in a slow request, being split or acknowledged is not redelivered
+// to another worker meanwhile. Acknowledged (and nak'ed) messages are
+// skipped by the client.
 func (p *Processor) keepAlive(msgs []jetstream.Msg) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -415,12 +516,67 @@ func release(msgs []jetstream.Msg) {
 	}
 }
 
-func msgsOf(items []item) []jetstream.Msg {
-	msgs := make([]jetstream.Msg, len(items))
-	for i, it := range items {
-		msgs[i] = it.msg
+// heldBack is a message handed back until due.
+type heldBack struct {
+	msg jetstream.Msg
+	due time.Time
+}
+
+// handBack gives messages back for redelivery after delay (a retry's
+// backoff), and remembers them until then (see renak). A nak that does not
+// reach NATS (disconnected) leaves them to the ack wait.
+func (p *Processor) handBack(msgs []jetstream.Msg, delay time.Duration) {
+	if delay <= 0 {
+		release(msgs)
+		return
 	}
-	return msgs
+	now := time.Now()
+	for _, m := range msgs {
+		_ = m.NakWithDelay(delay)
+	}
+	p.backMu.Lock()
+	defer p.backMu.Unlock()
+	keep := p.handedBack[:0]
+	for _, h := range p.handedBack {
+		if h.due.Add(p.cfg.AckWait).After(now) {
+			keep = append(keep, h)
+		}
+	}
+	for _, m := range msgs {
+		keep = append(keep, heldBack{msg: m, due: now.Add(delay)})
+	}
+	// At most what can be pending at once; the oldest go first.
+	if over := len(keep) - p.cfg.MaxAckPending; over > 0 {
+		keep = append(keep[:0], keep[over:]...)
+	}
+	p.handedBack = keep
+}
+
+// renak hands back again, after a reconnect, the messages handed back
+// within the last ack wait: the server may have restarted, forgetting the
+// delays of its naks, and would then redeliver them only one ack wait after
+// their last delivery. A message since acknowledged is no longer pending,
+// and the server ignores the nak; one redelivered to another worker
+// meanwhile may be sent twice (same id, deduplicated). The client refuses
+// to nak a message twice, so the nak is published directly.
+func (p *Processor) renak(nc *nats.Conn) {
+	now := time.Now()
+	p.backMu.Lock()
+	var due []heldBack
+	for _, h := range p.handedBack {
+		if h.due.Add(p.cfg.AckWait).After(now) {
+			due = append(due, h)
+		}
+	}
+	p.handedBack = due
+	p.backMu.Unlock()
+	for _, h := range due {
+		payload := fmt.Appendf(nil, `-NAK {"delay":%d}`, max(h.due.Sub(now), 0).Nanoseconds())
+		_ = nc.Publish(h.msg.Reply(), payload)
+	}
+	if len(due) > 0 {
+		p.log.Info("reconnected to NATS; handed back the events waiting for a retry again", "events", len(due))
+	}
 }
 
 // sleep waits d or until ctx ends; it reports whether the whole d passed.

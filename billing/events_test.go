@@ -249,3 +249,42 @@ func TestEnsureStreamAndPublish(t *testing.T) {
 		t.Errorf("publishing an invalid event: %v", err)
 	}
 }
+
+// TestNewEventAsTheSDKBuildsIt: the constructors fill the event context in
+// directly; the event is the one the SDK's setters would build.
+func TestNewEventAsTheSDKBuildsIt(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 12, 6, 4, 5, 6, 789, time.FixedZone("X", 3600))
+	got, err := NewLLMTokens("id-1", "tenant-1", at, LLMTokens{TokensIn: 1, TokensOut: 2, Model: "m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := event.New(event.CloudEventsVersionV1)
+	want.SetID("id-1")
+	want.SetSource(Source)
+	want.SetType(TypeLLMTokens)
+	want.SetSubject("tenant-1")
+	want.SetTime(at.UTC())
+	want.SetDataContentType(event.ApplicationJSON)
+	want.DataEncoded = got.DataEncoded
+	gb, err := got.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wb, err := want.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(gb) != string(wb) {
+		t.Errorf("built\n%s\nwant\n%s", gb, wb)
+	}
+	if err := got.Validate(); err != nil {
+		t.Error(err)
+	}
+	// Setting a field of one event changes no other's.
+	other, _ := NewLLMTokens("id-2", "tenant-2", at, LLMTokens{})
+	got.SetSubject("changed")
+	if other.Subject() != "tenant-2" {
+		t.Errorf("events share their context: %q", other.Subject())
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kgents/kgents-go/telemetry"
 )
 
 // metrics are the sink's Prometheus metrics (reference §10 names). Labels
@@ -22,28 +24,28 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		// Not exported anywhere, but every code path can still update it.
 		reg = prometheus.NewRegistry()
 	}
-	sent, err1 := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	sent, err1 := telemetry.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kgents_openmeter_events_sent_total",
 		Help: "Usage events OpenMeter accepted (2xx), by event type.",
 	}, []string{"event_type"}))
-	dead, err2 := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	dead, err2 := telemetry.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kgents_openmeter_dead_letters_total",
 		Help: "Usage events moved to the dead-letter subject (rejected by OpenMeter or not a valid CloudEvent), by event type.",
 	}, []string{"event_type"}))
-	flushErrors, err3 := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	flushErrors, err3 := telemetry.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kgents_openmeter_flush_errors_total",
 		Help: "Failed OpenMeter ingestion requests, by reason (rate_limited, bad_batch, client, server, network).",
 	}, []string{"reason"}))
-	latency, err4 := register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+	latency, err4 := telemetry.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "kgents_openmeter_flush_latency_seconds",
 		Help:    "Duration of OpenMeter ingestion requests, whatever their outcome.",
 		Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 	}))
-	buffered, err5 := register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+	buffered, err5 := telemetry.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "kgents_openmeter_events_buffered",
 		Help: "Usage events in the metering stream not yet accepted by OpenMeter (consumer pending + awaiting ack).",
 	}))
-	ackFailures, err6 := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+	ackFailures, err6 := telemetry.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_openmeter_ack_failures_total",
 		Help: "Accepted events whose JetStream ack was not confirmed; they are redelivered and deduplicated by id.",
 	}))
@@ -68,19 +70,4 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.flushErrors[k] = flushErrors.WithLabelValues(string(k))
 	}
 	return m, nil
-}
-
-// register registers c, or returns the identical collector registered before
-// (two processors in one process share their metrics).
-func register[T prometheus.Collector](reg prometheus.Registerer, c T) (T, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }

@@ -28,9 +28,9 @@ const ensureTimeout = 5 * time.Second
 const (
 	DefaultBatchSize       = 100
 	DefaultFlushInterval   = time.Second
-	DefaultAckWait         = 2 * time.Minute
+	DefaultAckWait         = 10 * time.Second
 	DefaultBackoffBase     = 500 * time.Millisecond
-	DefaultBackoffMax      = 30 * time.Second
+	DefaultBackoffMax      = 5 * time.Second
 	DefaultMaxRetryAfter   = time.Minute
 	DefaultShutdownGrace   = 5 * time.Second
 	DefaultBacklogInterval = 5 * time.Second
@@ -58,14 +58,17 @@ type ProcessorConfig struct {
 	RequestTimeout time.Duration
 	// Replicas of the metering stream if Run has to create it (NATS_REPLICAS).
 	Replicas int
-	// AckWait is the consumer's redelivery timer (2 min). Messages being
-	// worked on are marked in progress every AckWait/4.
+	// AckWait is the consumer's redelivery timer (10 s): how long the
+	// events a replica held when it died (kill -9, OOM, a lost connection)
+	// wait before another replica gets them. Messages being worked on are
+	// marked in progress every AckWait/4, also during a slow request.
 	AckWait time.Duration
 	// MaxAckPending bounds the events fetched and not yet acknowledged,
 	// across replicas (default 20 batches, at least 1000).
 	MaxAckPending int
 	// Backoff after a server or network error: full jitter, exponential
-	// from BackoffBase (500 ms) up to BackoffMax (30 s, below AckWait).
+	// from BackoffBase (500 ms) up to BackoffMax (5 s, below AckWait). The
+	// failed batch is handed back with NakWithDelay(backoff) meanwhile.
 	BackoffBase, BackoffMax time.Duration
 	// MaxRetryAfter caps the wait a 429's Retry-After asks for (1 min).
 	MaxRetryAfter time.Duration
@@ -158,10 +161,10 @@ func (c ProcessorConfig) withDefaults() (ProcessorConfig, error) {
 	bad(c.RequestTimeout < 0 || c.BackoffBase < 0 || c.MaxRetryAfter < 0 || c.ShutdownGrace < 0 || c.BacklogInterval < 0,
 		"durations must not be negative")
 	bad(c.BackoffMax < c.BackoffBase, "backoff max %s is below backoff base %s", c.BackoffMax, c.BackoffBase)
-	// A batch waiting out a backoff is marked in progress, but a wait as
-	// long as the ack wait would still race the redelivery timer.
+	// A failed batch is handed back for the backoff, so the wait does not
+	// race the redelivery timer; still, a backoff as long as the ack wait
+	// would mean delivering later than a dead replica's events.
 	bad(c.BackoffMax >= c.AckWait, "backoff max %s must be below the ack wait %s", c.BackoffMax, c.AckWait)
-	bad(c.RequestTimeout >= c.AckWait, "request timeout %s must be below the ack wait %s", c.RequestTimeout, c.AckWait)
 	bad(c.MaxAckPending < c.BatchSize*c.Concurrency, "max ack pending %d is below one batch per worker (%d)", c.MaxAckPending, c.BatchSize*c.Concurrency)
 	return c, errors.Join(errs...)
 }
@@ -198,6 +201,15 @@ type Processor struct {
 	// pauseUntil (Unix ns) holds every worker back after a 429: the rate
 	// limit is OpenMeter's, not one batch's.
 	pauseUntil atomic.Int64
+
+	// handedBack are the messages nak'ed with a delay not yet passed: a
+	// NATS server restart forgets those delays (and would redeliver them
+	// only an ack wait after their delivery), so after a reconnect they are
+	// nak'ed again (renak).
+	backMu     sync.Mutex
+	handedBack []heldBack
+	reconnects atomic.Uint64
+	renakDue   atomic.Bool
 
 	mu          sync.Mutex
 	failing     bool
@@ -256,6 +268,9 @@ func (p *Processor) Run(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
+	// The first backlog reading comes before any fetch, so Health never
+	// reports an empty backlog for a sink that has not looked yet.
+	p.refreshBacklog(ctx, cons)
 	var wg sync.WaitGroup
 	wg.Go(func() { p.watchBacklog(ctx, cons) })
 	for range p.cfg.Concurrency {
@@ -374,12 +389,12 @@ func (p *Processor) watchBacklog(ctx context.Context, cons jetstream.Consumer) {
 	t := time.NewTicker(p.cfg.BacklogInterval)
 	defer t.Stop()
 	for {
-		p.refreshBacklog(ctx, cons)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		p.refreshBacklog(ctx, cons)
 	}
 }
 
@@ -399,8 +414,18 @@ func (p *Processor) refreshBacklog(ctx context.Context, cons jetstream.Consumer)
 // and on other replicas, on the same consumer.
 func (p *Processor) work(ctx context.Context, cons jetstream.Consumer) {
 	nc := p.js.Conn()
-	failures := 0
+	failures, streak := 0, 0
 	for ctx.Err() == nil {
+		if nc != nil {
+			if r := nc.Stats().Reconnects; r != p.reconnects.Load() && p.reconnects.Swap(r) != r {
+				p.renakDue.Store(true)
+			}
+		}
+		// OpenMeter asked every worker to wait (429): do not fetch what
+		// could not be sent.
+		if !sleep(ctx, time.Until(time.Unix(0, p.pauseUntil.Load()))) {
+			return
+		}
 		// A pull request buffered while disconnected would be answered
 		// after the fetch gave up, leaving its messages unacknowledged until
 		// the ack wait expires: wait for the connection instead.
@@ -409,12 +434,18 @@ func (p *Processor) work(ctx context.Context, cons jetstream.Consumer) {
 			continue
 		}
 		msgs, err := p.fetch(cons)
+		// After a reconnect, once JetStream answers again (its consumers
+		// restored after a server restart), hand back again what the
+		// server may have forgotten.
+		if (err == nil || len(msgs) > 0) && nc != nil && p.renakDue.Swap(false) {
+			p.renak(nc)
+		}
 		if len(msgs) > 0 {
 			if ctx.Err() != nil {
 				release(msgs)
 				return
 			}
-			p.deliver(ctx, msgs)
+			p.deliver(ctx, msgs, &streak)
 		}
 		if err != nil {
 			failures++

@@ -166,7 +166,10 @@ func testPoison(t *testing.T, nonAtomic bool) {
 	h.waitDelivered(good, 15*time.Second)
 
 	st := h.om.stats()
-	if st.unique != len(good) || (!nonAtomic && st.raw != len(good)) {
+	// A copy is only possible when a request OpenMeter answered was
+	// timed out here (RequestTimeout is 400ms: a starved machine).
+	timedOut := metric(t, r.reg, "kgents_openmeter_flush_errors_total", map[string]string{"reason": "network"}) > 0
+	if st.unique != len(good) || (!nonAtomic && !timedOut && st.raw != len(good)) {
 		t.Errorf("%d deliveries of %d events; want the %d good ones exactly once", st.raw, st.unique, len(good))
 	}
 	t.Logf("poison: %d events, %d deliveries, %d duplicates by id", st.unique, st.raw, st.raw-st.unique)
@@ -295,7 +298,9 @@ func TestProcessorWaitsOutAnOpenMeterOutage(t *testing.T) {
 	if hl.Backlog != 200 || hl.LastSuccess != nil || !strings.Contains(hl.LastError, "refused") {
 		t.Errorf("health during the outage %+v", hl)
 	}
-	time.Sleep(500 * time.Millisecond) // several backoffs
+	eventually(t, 5*time.Second, "several failed flushes", func() bool {
+		return metric(t, r.reg, "kgents_openmeter_flush_errors_total", map[string]string{"reason": "network"}) >= 2
+	})
 	h.om.up()
 	h.waitDelivered(ids, 15*time.Second)
 	eventually(t, 5*time.Second, "healthy and drained", func() bool {

@@ -29,7 +29,8 @@ func MapLookup(m map[string]string) Lookup {
 
 // Config is everything kgentsd can be told.
 type Config struct {
-	// Listen host for the HTTP and gRPC servers (LISTEN_HOST).
+	// Listen host for the HTTP, gRPC and metrics servers (LISTEN_HOST). The
+	// default is every interface, or loopback when the public dev keys are on.
 	ListenHost string
 	// HTTP port: REST, SSE, health, metrics, /openapi.json (HTTP_PORT).
 	HTTPPort int
@@ -43,6 +44,10 @@ type Config struct {
 	DataDir string
 	// Version reported by /health.
 	Version string
+	// The container's memory limit in bytes (KGENTS_MEMORY_LIMIT; the
+	// manifests fill it from limits.memory). kgentsd sets the Go runtime's
+	// soft memory limit to MemoryLimitShare of it unless GOMEMLIMIT is set.
+	MemoryLimit int64
 
 	Auth      Auth
 	NATS      NATS
@@ -53,6 +58,8 @@ type Config struct {
 	LLM       LLM
 	Sessions  Sessions
 	OpenMeter OpenMeter
+	Usage     Usage
+	Billing   Billing
 }
 
 // Auth configures API keys and tiers.
@@ -65,6 +72,11 @@ type Auth struct {
 	KeysReload time.Duration
 	// JSON file overriding tier limits (KGENTS_TIERS_FILE).
 	TiersFile string
+	// Sign-up mode: off, invite or open (KGENTS_SIGNUP; open by default
+	// with the dev keys, off otherwise).
+	Signup string
+	// Sign-ups per hour per client address (SIGNUP_RATE).
+	SignupRate int
 }
 
 // NATS configures the NATS connection and JetStream.
@@ -84,6 +96,12 @@ type NATS struct {
 	// Time to wait for the first connection before starting anyway (NATS_CONNECT_TIMEOUT).
 	ConnectTimeout time.Duration
 }
+
+// MemoryLimitShare is the part of the container's memory limit that the Go
+// runtime's soft limit gets: the rest is headroom for memory the runtime
+// does not count (the binary, kernel buffers and dirty page cache charged
+// to the container) and for the collector's lag behind allocation.
+const MemoryLimitShare = 0.9
 
 // Embedded reports whether kgentsd runs its own NATS server.
 func (n NATS) Embedded() bool { return n.Enabled && len(n.Servers) == 0 }
@@ -138,10 +156,16 @@ type LLM struct {
 type Sessions struct {
 	// Upper bound on one turn, which runs detached from its caller (TURN_TIMEOUT).
 	TurnTimeout time.Duration
+	// How long a turn's lease lasts unless renewed; a replica that dies
+	// mid-turn blocks its session this long at most (KGENTS_TURN_LEASE).
+	TurnLease time.Duration
 	// Name of this replica in turn markers (KGENTS_REPLICA_NAME; default the host name).
 	Replica string
 	// Concurrent watch streams per tenant on this replica (KGENTS_WATCHERS_PER_TENANT).
 	WatchersPerTenant int
+	// How long a watcher waits for the events before a gap in a session's
+	// ids to reach history before going on past it (KGENTS_WATCH_GAP_WAIT).
+	WatchGapWait time.Duration
 	// How long an Idempotency-Key's response is replayed (KGENTS_IDEMPOTENCY_TTL).
 	IdempotencyTTL time.Duration
 }
@@ -156,17 +180,43 @@ type OpenMeter struct {
 	FlushInterval time.Duration // OPENMETER_FLUSH_INTERVAL
 }
 
+// Usage configures the usage history's rollup (SPEC §4.14, docs/billing.md).
+type Usage struct {
+	// How far back a copy of a usage event id is recognised and not
+	// counted again (USAGE_DEDUPE_WINDOW).
+	DedupeWindow time.Duration
+	// The most event ids each replica keeps for that (USAGE_DEDUPE_MAX_IDS).
+	DedupeMaxIDs int
+}
+
+// Billing configures the Stripe billing lifecycle (SPEC §4.11). It is off
+// (the /v1/billing routes answer 501) while APIKey is empty.
+type Billing struct {
+	PublicURL     string // KGENTS_PUBLIC_URL: where browsers reach kgentsd (defaults of the URLs below)
+	APIKey        string // STRIPE_API_KEY; never logged
+	WebhookSecret string // STRIPE_WEBHOOK_SECRET (whsec_…); webhooks answer 501 without it
+	APIBase       string // STRIPE_API_BASE: "" is Stripe's (https://api.stripe.com)
+	// Prices by tier and interval: STRIPE_PRICE_{PRO,ENTERPRISE}_{MONTHLY,YEARLY}.
+	PriceProMonthly, PriceProYearly, PriceEnterpriseMonthly, PriceEnterpriseYearly string
+	Grace                                                                          time.Duration // BILLING_GRACE
+	SuccessURL, CancelURL, ReturnURL                                               string        // BILLING_SUCCESS_URL, BILLING_CANCEL_URL, BILLING_RETURN_URL
+	RedisURL                                                                       string        // REDIS_URL: webhook idempotency in Redis instead of JetStream KV
+}
+
+// Enabled reports whether billing is configured (STRIPE_API_KEY set).
+func (b Billing) Enabled() bool { return b.APIKey != "" }
+
 // Load reads the configuration. It returns every problem it finds, joined.
 func Load(lookup Lookup) (*Config, error) {
 	r := reader{lookup: lookup}
 	c := &Config{
-		ListenHost:  r.str("LISTEN_HOST", "0.0.0.0"),
-		HTTPPort:    r.port("HTTP_PORT", 8000),
-		GRPCPort:    r.port("GRPC_PORT", 9090),
-		MetricsPort: r.portOrZero("METRICS_PORT", 0),
+		HTTPPort:    r.port("HTTP_PORT", 8000, "0 picks a free port"),
+		GRPCPort:    r.port("GRPC_PORT", 9090, "0 picks a free port"),
+		MetricsPort: r.port("METRICS_PORT", 0, "0 serves /metrics on HTTP_PORT"),
 		Pprof:       r.boolean("KGENTS_PPROF", false),
 		DataDir:     r.str("KGENTS_DATA_DIR", "./data"),
 		Version:     r.str("KGENTS_VERSION", "v1"),
+		MemoryLimit: r.byteCount("KGENTS_MEMORY_LIMIT", 16<<20),
 		Auth: Auth{
 			DevKeys:    r.boolean("KGENTS_DEV_KEYS", false),
 			KeysFile:   r.str("KGENTS_API_KEYS_FILE", ""),
@@ -202,7 +252,7 @@ func Load(lookup Lookup) (*Config, error) {
 			ServiceName:  r.str("OTEL_SERVICE_NAME", "kgentsd"),
 		},
 		LLM: LLM{
-			Endpoint: r.url2("LLM_ENDPOINT", "MORPHEUS_URL"),
+			Endpoint: r.url("LLM_ENDPOINT", "", "MORPHEUS_URL"),
 			APIKey:   r.str2("LLM_API_KEY", "MORPHEUS_API_KEY", ""),
 			Model:    r.str2("LLM_MODEL", "MORPHEUS_DEFAULT_MODEL", ""),
 			Timeout:  r.duration2("LLM_TIMEOUT", "MORPHEUS_TIMEOUT", 120*time.Second),
@@ -210,13 +260,28 @@ func Load(lookup Lookup) (*Config, error) {
 			TemplateChunkDelay: r.duration("SOUL_CHUNK_DELAY", 0, 0),
 		},
 	}
+	// The dev keys are published in the README: with them on, a default
+	// start must not be reachable from the network.
+	defHost := "0.0.0.0"
+	if c.Auth.DevKeys {
+		defHost = "127.0.0.1"
+	}
+	c.ListenHost = r.str("LISTEN_HOST", defHost)
+	defSignup := "off"
+	if c.Auth.DevKeys {
+		defSignup = "open"
+	}
+	c.Auth.Signup = r.oneOf("KGENTS_SIGNUP", defSignup, "off", "invite", "open")
+	c.Auth.SignupRate = r.intRange("SIGNUP_RATE", 5, 1, 1_000_000)
 	c.Sessions.TurnTimeout = r.duration("TURN_TIMEOUT", c.LLM.Timeout+30*time.Second, time.Second)
+	c.Sessions.TurnLease = r.duration("KGENTS_TURN_LEASE", 10*time.Second, 100*time.Millisecond)
 	c.Sessions.Replica = r.str("KGENTS_REPLICA_NAME", hostname())
 	c.Sessions.WatchersPerTenant = r.intRange("KGENTS_WATCHERS_PER_TENANT", 100, 1, 1_000_000)
+	c.Sessions.WatchGapWait = r.duration("KGENTS_WATCH_GAP_WAIT", 60*time.Second, time.Millisecond)
 	c.Sessions.IdempotencyTTL = r.duration("KGENTS_IDEMPOTENCY_TTL", 24*time.Hour, time.Second)
 	c.OpenMeter = OpenMeter{
 		Enabled:       r.boolean("OPENMETER_ENABLED", false),
-		BaseURL:       r.url1("OPENMETER_BASE_URL", "https://openmeter.cloud"),
+		BaseURL:       r.url("OPENMETER_BASE_URL", "https://openmeter.cloud"),
 		APIKey:        r.str("OPENMETER_API_KEY", ""),
 		BatchSize:     r.intRange("OPENMETER_BATCH_SIZE", 100, 1, 10_000),
 		FlushInterval: r.duration("OPENMETER_FLUSH_INTERVAL", time.Second, 10*time.Millisecond),
@@ -226,6 +291,53 @@ func Load(lookup Lookup) (*Config, error) {
 	}
 	if c.OpenMeter.Enabled && !c.NATS.Enabled {
 		r.fail("OPENMETER_ENABLED", "needs NATS (usage events travel through the kgent-metering stream); NATS_ENABLED is false")
+	}
+
+	c.Usage = Usage{
+		DedupeWindow: r.duration("USAGE_DEDUPE_WINDOW", 48*time.Hour, time.Minute),
+		DedupeMaxIDs: r.intRange("USAGE_DEDUPE_MAX_IDS", 4_000_000, 1000, 1_000_000_000),
+	}
+	if c.Usage.DedupeWindow > 30*24*time.Hour {
+		r.fail("USAGE_DEDUPE_WINDOW", "is above the metering stream's 30-day retention, the most it can look back")
+	}
+
+	c.Billing = Billing{
+		PublicURL:              r.url("KGENTS_PUBLIC_URL", fmt.Sprintf("http://localhost:%d", c.HTTPPort)),
+		APIKey:                 r.str("STRIPE_API_KEY", ""),
+		WebhookSecret:          r.str("STRIPE_WEBHOOK_SECRET", ""),
+		APIBase:                r.url("STRIPE_API_BASE", ""),
+		PriceProMonthly:        r.str("STRIPE_PRICE_PRO_MONTHLY", ""),
+		PriceProYearly:         r.str("STRIPE_PRICE_PRO_YEARLY", ""),
+		PriceEnterpriseMonthly: r.str("STRIPE_PRICE_ENTERPRISE_MONTHLY", ""),
+		PriceEnterpriseYearly:  r.str("STRIPE_PRICE_ENTERPRISE_YEARLY", ""),
+		Grace:                  r.duration("BILLING_GRACE", 72*time.Hour, time.Second),
+		RedisURL:               r.redisURL("REDIS_URL"),
+	}
+	console := c.Billing.PublicURL + "/console/billing"
+	c.Billing.SuccessURL = r.url("BILLING_SUCCESS_URL", console+"?checkout=success")
+	c.Billing.CancelURL = r.url("BILLING_CANCEL_URL", console+"?checkout=cancel")
+	c.Billing.ReturnURL = r.url("BILLING_RETURN_URL", console)
+	if c.Billing.APIKey != "" {
+		if !strings.HasPrefix(c.Billing.APIKey, "sk_") && !strings.HasPrefix(c.Billing.APIKey, "rk_") {
+			r.fail("STRIPE_API_KEY", "is not a Stripe secret or restricted key (sk_… or rk_…)")
+		}
+		if c.Billing.PriceProMonthly == "" && c.Billing.PriceProYearly == "" && c.Billing.PriceEnterpriseMonthly == "" && c.Billing.PriceEnterpriseYearly == "" {
+			r.fail("STRIPE_PRICE_PRO_MONTHLY", "(or another STRIPE_PRICE_*) is required when STRIPE_API_KEY is set")
+		}
+	}
+	if c.Billing.WebhookSecret != "" && !strings.HasPrefix(c.Billing.WebhookSecret, "whsec_") {
+		r.fail("STRIPE_WEBHOOK_SECRET", "is not a webhook signing secret (whsec_…)")
+	}
+	seen := map[string]string{}
+	for _, p := range [][2]string{{"STRIPE_PRICE_PRO_MONTHLY", c.Billing.PriceProMonthly}, {"STRIPE_PRICE_PRO_YEARLY", c.Billing.PriceProYearly},
+		{"STRIPE_PRICE_ENTERPRISE_MONTHLY", c.Billing.PriceEnterpriseMonthly}, {"STRIPE_PRICE_ENTERPRISE_YEARLY", c.Billing.PriceEnterpriseYearly}} {
+		if p[1] == "" {
+			continue
+		}
+		if other, dup := seen[p[1]]; dup {
+			r.fail(p[0], fmt.Sprintf("is the same price as %s (a price must name one tier and interval)", other))
+		}
+		seen[p[1]] = p[0]
 	}
 
 	// Rules that tie variables together.
@@ -292,34 +404,41 @@ func (r *reader) str2(name, alias, def string) string {
 	return r.str(alias, def)
 }
 
-func (r *reader) url2(name, alias string) string {
+// url reads an http(s) URL from name, or else from its legacy aliases
+// (def when none is set), without a trailing slash.
+func (r *reader) url(name, def string, aliases ...string) string {
 	used := name
 	v, ok := r.raw(name)
-	if !ok {
-		used = alias
-		if v, ok = r.raw(alias); !ok {
-			return ""
+	for _, alias := range aliases {
+		if ok {
+			break
 		}
+		used = alias
+		v, ok = r.raw(alias)
+	}
+	if !ok {
+		return def
 	}
 	u, err := url.Parse(v)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		r.fail(used, fmt.Sprintf("%q is not an http(s) URL", v))
-		return ""
+		return def
 	}
 	return strings.TrimRight(v, "/")
 }
 
-func (r *reader) url1(name, def string) string {
+// redisURL reads a redis:// or rediss:// URL.
+func (r *reader) redisURL(name string) string {
 	v, ok := r.raw(name)
 	if !ok {
-		return def
+		return ""
 	}
 	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		r.fail(name, fmt.Sprintf("%q is not an http(s) URL", v))
-		return def
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+		r.fail(name, "is not a redis:// or rediss:// URL")
+		return ""
 	}
-	return strings.TrimRight(v, "/")
+	return v
 }
 
 func hostname() string {
@@ -404,20 +523,35 @@ func (r *reader) intRange(name string, def, lo, hi int) int {
 	return n
 }
 
-func (r *reader) port(name string, def int) int {
+// byteCount reads a whole number of bytes, as the downward API writes a
+// resource limit (resourceFieldRef with the default divisor), at least min;
+// unset is 0.
+func (r *reader) byteCount(name string, min int64) int64 {
+	v, ok := r.raw(name)
+	if !ok {
+		return 0
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min {
+		r.fail(name, fmt.Sprintf("%q is not a number of bytes of at least %d", v, min))
+		return 0
+	}
+	return n
+}
+
+// port reads a TCP port; zero says what 0 means, for the error message.
+func (r *reader) port(name string, def int, zero string) int {
 	v, ok := r.raw(name)
 	if !ok {
 		return def
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > 65535 {
-		r.fail(name, fmt.Sprintf("%q is not a port (0-65535; 0 picks a free port)", v))
+		r.fail(name, fmt.Sprintf("%q is not a port (0-65535; %s)", v, zero))
 		return def
 	}
 	return n
 }
-
-func (r *reader) portOrZero(name string, def int) int { return r.port(name, def) }
 
 func (r *reader) embeddedPort(name string, def int) int {
 	v, ok := r.raw(name)

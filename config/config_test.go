@@ -34,6 +34,7 @@ func TestDefaults(t *testing.T) {
 		{"LLM.Timeout", c.LLM.Timeout, 120 * time.Second},
 		{"LLM.Endpoint", c.LLM.Endpoint, ""},
 		{"Log.Format", c.Log.Format, "text"},
+		{"MemoryLimit", c.MemoryLimit, int64(0)},
 	}
 	for _, ch := range checks {
 		if ch.got != ch.want {
@@ -69,6 +70,7 @@ func TestGoodValues(t *testing.T) {
 		{"cors list", map[string]string{"CORS_ORIGINS": "https://a.example.com, http://localhost:5173/"}, func(c *config.Config) bool {
 			return len(c.HTTP.CORSOrigins) == 2 && c.HTTP.CORSOrigins[1] == "http://localhost:5173"
 		}},
+		{"memory limit in bytes, as the downward API writes it", map[string]string{"KGENTS_MEMORY_LIMIT": "536870912"}, func(c *config.Config) bool { return c.MemoryLimit == 512<<20 }},
 		{"free embedded port", map[string]string{"NATS_EMBEDDED_PORT": "-1"}, func(c *config.Config) bool { return c.NATS.EmbeddedPort == -1 }},
 		{"log level case-insensitive", map[string]string{"LOG_LEVEL": "DEBUG", "LOG_FORMAT": "JSON"}, func(c *config.Config) bool {
 			return c.Log.Level == "debug" && c.Log.Format == "json"
@@ -105,6 +107,10 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"NATS_REPLICAS": "7"}, `NATS_REPLICAS "7" is not an integer from 1 to 5`},
 		{map[string]string{"NATS_EMBEDDED_PORT": "0"}, "NATS_EMBEDDED_PORT"},
 		{map[string]string{"LLM_ENDPOINT": "ftp://x"}, `LLM_ENDPOINT "ftp://x" is not an http(s) URL`},
+		{map[string]string{"MORPHEUS_URL": "m:8080"}, `MORPHEUS_URL "m:8080" is not an http(s) URL`},
+		{map[string]string{"OPENMETER_BASE_URL": "openmeter.cloud"}, `OPENMETER_BASE_URL "openmeter.cloud" is not an http(s) URL`},
+		{map[string]string{"METRICS_PORT": "-3"}, `METRICS_PORT "-3" is not a port (0-65535; 0 serves /metrics on HTTP_PORT)`},
+		{map[string]string{"HTTP_PORT": "x"}, `HTTP_PORT "x" is not a port (0-65535; 0 picks a free port)`},
 		{map[string]string{"LLM_ENDPOINT": "http://x/v1"}, "LLM_MODEL is required"},
 		{map[string]string{"CORS_ORIGINS": "localhost:3000"}, "CORS_ORIGINS \"localhost:3000\" is not an origin"},
 		{map[string]string{"CORS_ORIGINS": "*,http://a.b"}, "CORS_ORIGINS mixes"},
@@ -112,6 +118,8 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{map[string]string{"NATS_TLS_CERT": "/c.pem"}, "NATS_TLS_CERT and NATS_TLS_KEY must be set together"},
 		{map[string]string{"NATS_ENABLED": "false", "NATS_SERVERS": "nats://x"}, "NATS_SERVERS is set but NATS_ENABLED is false"},
 		{map[string]string{"HTTP_MAX_BODY_BYTES": "10"}, "HTTP_MAX_BODY_BYTES"},
+		{map[string]string{"KGENTS_MEMORY_LIMIT": "512Mi"}, `KGENTS_MEMORY_LIMIT "512Mi" is not a number of bytes of at least 16777216`},
+		{map[string]string{"KGENTS_MEMORY_LIMIT": "1024"}, `KGENTS_MEMORY_LIMIT "1024" is not a number of bytes`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.want, func(t *testing.T) {
@@ -169,5 +177,40 @@ func TestParseBool(t *testing.T) {
 	}
 	if _, err := config.ParseBool("2"); err == nil {
 		t.Error("ParseBool(2) succeeded")
+	}
+}
+
+func TestBillingVariables(t *testing.T) {
+	t.Parallel()
+	c, err := config.Load(config.MapLookup(map[string]string{
+		"STRIPE_API_KEY": "sk_test_1", "STRIPE_PRICE_PRO_MONTHLY": "price_1", "BILLING_GRACE": "2h",
+		"KGENTS_PUBLIC_URL": "https://kgents.example/", "REDIS_URL": "redis://127.0.0.1:6379/0",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Billing
+	if !b.Enabled() || b.Grace != 2*time.Hour || b.ReturnURL != "https://kgents.example/console/billing" ||
+		b.SuccessURL != "https://kgents.example/console/billing?checkout=success" || b.RedisURL == "" {
+		t.Errorf("billing: %+v", b)
+	}
+	if c, err := config.Load(config.MapLookup(nil)); err != nil || c.Billing.Enabled() || c.Billing.Grace != 72*time.Hour ||
+		c.Billing.CancelURL != "http://localhost:8000/console/billing?checkout=cancel" {
+		t.Errorf("defaults: %+v %v", c.Billing, err)
+	}
+	for name, env := range map[string]map[string]string{
+		"STRIPE_API_KEY":                  {"STRIPE_API_KEY": "pk_live_x", "STRIPE_PRICE_PRO_MONTHLY": "p"},
+		"STRIPE_PRICE_PRO_MONTHLY":        {"STRIPE_API_KEY": "sk_test_1"},
+		"STRIPE_WEBHOOK_SECRET":           {"STRIPE_WEBHOOK_SECRET": "secret"},
+		"STRIPE_API_BASE":                 {"STRIPE_API_BASE": "ftp://x"},
+		"BILLING_GRACE":                   {"BILLING_GRACE": "soon"},
+		"BILLING_RETURN_URL":              {"BILLING_RETURN_URL": "nope"},
+		"REDIS_URL":                       {"REDIS_URL": "http://redis"},
+		"STRIPE_PRICE_ENTERPRISE_MONTHLY": {"STRIPE_PRICE_PRO_MONTHLY": "p", "STRIPE_PRICE_ENTERPRISE_MONTHLY": "p"},
+	} {
+		_, err := config.Load(config.MapLookup(env))
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

@@ -6,14 +6,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/kgents/kgents-go/config"
+	"github.com/kgents/kgents-go/streaming"
 )
 
 func docs(t *testing.T, path string) []map[string]any {
@@ -79,7 +82,7 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	if cfg.NATS.Replicas != 3 || cfg.Auth.DevKeys {
 		t.Errorf("production manifest: NATS_REPLICAS %d, dev keys %v", cfg.NATS.Replicas, cfg.Auth.DevKeys)
 	}
-	docs(t, "kubernetes/nats.yaml")
+	checkNATSImage(t, docs(t, "kubernetes/nats.yaml"))
 	docs(t, "kubernetes/kustomization.yaml")
 	docs(t, "prometheus/rules.yaml")
 	b, err := os.ReadFile("grafana/kgentsd-dashboard.json")
@@ -88,5 +91,39 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	}
 	if !json.Valid(b) {
 		t.Error("the Grafana dashboard is not valid JSON")
+	}
+}
+
+// checkNATSImage: the NATS the manifests deploy is one kgentsd uses
+// (streaming.MinServerVersion), or every replica would refuse it.
+func checkNATSImage(t *testing.T, ds []map[string]any) {
+	t.Helper()
+	var floor [2]int
+	if _, err := fmt.Sscanf(streaming.MinServerVersion, "%d.%d", &floor[0], &floor[1]); err != nil {
+		t.Fatal(err)
+	}
+	tag := regexp.MustCompile(`^nats:(\d+)\.(\d+)`)
+	images := 0
+	for _, d := range ds {
+		if d["kind"] != "StatefulSet" {
+			continue
+		}
+		spec := d["spec"].(map[string]any)["template"].(map[string]any)["spec"].(map[string]any)
+		for _, c := range spec["containers"].([]any) {
+			img, _ := c.(map[string]any)["image"].(string)
+			m := tag.FindStringSubmatch(img)
+			if m == nil {
+				continue
+			}
+			images++
+			var major, minor int
+			_, _ = fmt.Sscanf(m[1]+" "+m[2], "%d %d", &major, &minor)
+			if major < floor[0] || major == floor[0] && minor < floor[1] {
+				t.Errorf("kubernetes/nats.yaml deploys %s; kgentsd needs NATS >= %s", img, streaming.MinServerVersion)
+			}
+		}
+	}
+	if images == 0 {
+		t.Error("kubernetes/nats.yaml: no nats:MAJOR.MINOR image in a StatefulSet")
 	}
 }

@@ -1,6 +1,7 @@
 // Package interceptors holds what kgentsd's gRPC interceptors share: how a
 // call reached the server (natively or through kgentsd's own REST gateway),
-// and a server stream whose context an interceptor can replace. Each concern
+// a server stream whose context an interceptor can replace, and the method
+// sets that go-grpc-middleware's selector applies an interceptor to. Each concern
 // (auth, quota, metering, fan-out, ...) is its own sub-package with a unary
 // and a stream interceptor built on one implementation; the order they run in
 // is laid out in one place, server/chain.go.
@@ -10,6 +11,9 @@ import (
 	"context"
 	"net"
 
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	mwinterceptors "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -26,6 +30,9 @@ const GatewayNetwork = "kgents-inproc"
 const (
 	MDHTTPRoute  = "x-kgents-http-route"  // route template, e.g. /v1/kgent/sessions/{session_id}
 	MDHTTPMethod = "x-kgents-http-method" // GET, POST, DELETE
+	// MDClientAddr is the REST client's address (the host of the HTTP
+	// connection's remote address).
+	MDClientAddr = "x-kgents-client-addr"
 )
 
 // CallInfo says how a call reached the server.
@@ -49,6 +56,25 @@ func InfoFrom(ctx context.Context) CallInfo {
 	}
 }
 
+// ClientAddr is the caller's network address without its port: the REST
+// client's for a call through the gateway, the gRPC peer's otherwise ("" when
+// unknown). It is the connection's address, so behind a proxy it is the
+// proxy's.
+func ClientAddr(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return ""
+	}
+	addr := p.Addr.String()
+	if p.Addr.Network() == GatewayNetwork {
+		addr = FirstValue(ctx, MDClientAddr)
+	}
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
 // GatewayAddr is the address of the gateway's in-process connections.
 type GatewayAddr struct{}
 
@@ -58,21 +84,55 @@ func (GatewayAddr) String() string  { return "gateway" }
 
 var _ net.Addr = GatewayAddr{}
 
-// ServerStream is a grpc.ServerStream with a replaced context.
-type ServerStream struct {
-	grpc.ServerStream
-	Ctx context.Context
+// WithContext returns ss with its context replaced by ctx, as
+// go-grpc-middleware's WrappedServerStream (embed it to override more).
+// Unlike middleware.WrapServerStream it never changes a wrapper that an
+// outer interceptor still holds: a wrapped stream is unwrapped and wrapped
+// anew, so the outer one keeps seeing its own context.
+func WithContext(ss grpc.ServerStream, ctx context.Context) *middleware.WrappedServerStream {
+	if w, ok := ss.(*middleware.WrappedServerStream); ok {
+		ss = w.ServerStream
+	}
+	return &middleware.WrappedServerStream{ServerStream: ss, WrappedContext: ctx}
 }
 
-// Context returns the replaced context.
-func (s *ServerStream) Context() context.Context { return s.Ctx }
+// Methods is a set of methods for go-grpc-middleware's selector: an
+// interceptor that concerns only some methods is built as
+// selector.UnaryServerInterceptor(i, methods) (and the stream form), fed
+// from the one policy table in server/methods.go. It looks a call up by
+// the service and method CallMeta carries, without building the full name
+// again (CallMeta.FullMethod formats a new string on every call).
+type Methods struct {
+	set map[[2]string]struct{}
+}
 
-// WithContext wraps ss so that Context returns ctx.
-func WithContext(ss grpc.ServerStream, ctx context.Context) grpc.ServerStream {
-	if w, ok := ss.(*ServerStream); ok {
-		return &ServerStream{ServerStream: w.ServerStream, Ctx: ctx}
+var _ selector.Matcher = Methods{}
+
+// MethodSet returns the set of fullMethods ("/pkg.Service/Method").
+func MethodSet(fullMethods ...string) Methods {
+	m := Methods{set: make(map[[2]string]struct{}, len(fullMethods))}
+	for _, fm := range fullMethods {
+		m.set[splitMethod(fm)] = struct{}{}
 	}
-	return &ServerStream{ServerStream: ss, Ctx: ctx}
+	return m
+}
+
+// Match implements selector.Matcher.
+func (m Methods) Match(_ context.Context, c mwinterceptors.CallMeta) bool {
+	_, ok := m.set[[2]string{c.Service, c.Method}]
+	return ok
+}
+
+// Has reports whether fullMethod is in the set.
+func (m Methods) Has(fullMethod string) bool {
+	_, ok := m.set[splitMethod(fullMethod)]
+	return ok
+}
+
+// splitMethod splits "/pkg.Service/Method" as CallMeta does.
+func splitMethod(fullMethod string) [2]string {
+	c := mwinterceptors.NewServerCallMeta(fullMethod, nil, nil)
+	return [2]string{c.Service, c.Method}
 }
 
 // FirstValue returns the first value of an incoming metadata key (lower
@@ -92,6 +152,9 @@ func FirstValue(ctx context.Context, key string) string {
 type Tags struct {
 	TenantID string
 	KeyID    string
+	// SessionID is the session a session-scoped call concerns (the fan-out
+	// interceptor sets it once the request is read).
+	SessionID string
 	// UsageID is what the call's usage events are billed under when it
 	// carries an Idempotency-Key the idempotency interceptor honours: a
 	// fresh id for a run that claimed the key, the stored run's id for a

@@ -22,6 +22,7 @@
 package quota
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -100,8 +102,6 @@ func (m *Memory) AddNow(_ context.Context, key string, n int64) (int64, error) {
 	return m.v[key], nil
 }
 
-var errDisconnected = errors.New("not connected to NATS")
-
 // Bucket is the KV bucket of the shared counters.
 const Bucket = "kgent-usage"
 
@@ -119,6 +119,8 @@ type KV struct {
 	kv      jetstream.KeyValue
 	entries map[string]*entry
 	leases  map[string]*lease
+	// readFailed is when a read by Value last failed.
+	readFailed time.Time
 }
 
 // lease is a block of a shared allowance this replica reserved.
@@ -133,7 +135,10 @@ type entry struct {
 	shared   int64     // last value read from the bucket
 	folding  int64     // counted here, being added to the bucket right now
 	pending  int64     // counted here, not yet in the bucket
-	lastUsed time.Time // entries idle for long are dropped
+	lastUsed time.Time // entries idle for long are dropped; zero: loaded, not used yet
+	readAt   time.Time // when shared was read from the bucket; zero: never
+	tried    time.Time // last synchronous refresh attempted by Value
+	gen      uint64    // bumped whenever shared is set, so a slow read cannot overwrite a newer one
 }
 
 // total is the best known value: counts on their way into the bucket still
@@ -179,7 +184,7 @@ func NewKV(js jetstream.JetStream, o KVOptions) *KV {
 // days: long enough for a month's.
 func (k *KV) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if k.connected != nil && !k.connected() {
-		return nil, errDisconnected
+		return nil, nats.ErrDisconnected
 	}
 	k.mu.Lock()
 	kv := k.kv
@@ -214,11 +219,105 @@ func (k *KV) entry(key string) *entry {
 	return e
 }
 
-// Value implements Counters.
+// Value implements Counters. A counter this replica has not read from the
+// bucket lately — first used since the start (and not loaded), used again
+// after it was dropped from memory, or not refreshed because syncs fail —
+// is read before it is trusted, once per staleAfter and for at most
+// firstReadTimeout; if that fails, the local view is returned (fail open).
 func (k *KV) Value(key string) int64 {
 	k.mu.Lock()
+	e := k.entry(key)
+	now := time.Now()
+	if now.Sub(e.readAt) <= k.staleAfter() || now.Sub(e.tried) <= k.staleAfter() || now.Sub(k.readFailed) < readFailedPause {
+		defer k.mu.Unlock()
+		return e.total()
+	}
+	e.tried = now
+	gen := e.gen
+	k.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), firstReadTimeout)
+	defer cancel()
+	v, err := k.fold(ctx, key, 0)
+	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.entry(key).total()
+	if err != nil {
+		k.failOpen.Inc()
+		k.readFailed = time.Now() // NATS is likely away: no more reads on the request path for a while
+	} else if e.gen == gen {
+		e.setShared(v, now)
+	}
+	return e.total()
+}
+
+// readFailedPause is how long Value stops reading counters after a read
+// failed (the sync loop keeps trying meanwhile).
+const readFailedPause = 5 * time.Second
+
+// firstReadTimeout bounds the read of a counter Value does not trust yet.
+const firstReadTimeout = 500 * time.Millisecond
+
+// staleAfter is how old a counter's shared value may be before Value reads
+// it again: a few sync intervals, so a counter the sync loop keeps fresh is
+// never read on the request path.
+func (k *KV) staleAfter() time.Duration { return max(4*k.interval, time.Second) }
+
+// setShared records the bucket's value v, read at t (under k.mu).
+func (e *entry) setShared(v int64, t time.Time) {
+	e.shared, e.readAt = v, t
+	e.gen++
+}
+
+// Load reads the current UTC day's and month's counters of every tenant
+// (requests and tokens) from the bucket, so a replica that has just started
+// enforces and reports the shared totals from its first call instead of
+// counting from zero until its first sync. Call it before serving, bounded
+// by ctx; on failure (NATS away) the counters fail open as documented and
+// each is read when first used.
+func (k *KV) Load(ctx context.Context) error {
+	kv, err := k.bucket(ctx)
+	if err != nil {
+		k.failOpen.Inc()
+		return fmt.Errorf("quota: loading the shared counters: %w", err)
+	}
+	now := time.Now().UTC()
+	day, month := now.Format("20060102"), now.Format("200601")
+	w, err := kv.WatchFiltered(ctx, []string{"*.req.d." + day, "*.tok.d." + day, "*.tok.m." + month}, jetstream.IgnoreDeletes())
+	if err != nil {
+		k.failOpen.Inc()
+		return fmt.Errorf("quota: loading the shared counters: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	n := 0
+	for {
+		select {
+		case <-ctx.Done():
+			k.failOpen.Inc()
+			return fmt.Errorf("quota: loading the shared counters: %w (after %d)", ctx.Err(), n)
+		case ev, ok := <-w.Updates():
+			if !ok {
+				return fmt.Errorf("quota: loading the shared counters: the watch ended after %d", n)
+			}
+			if ev == nil { // all current values delivered
+				k.log.Info("quota counters loaded", "counters", n)
+				return nil
+			}
+			v, err := strconv.ParseInt(string(ev.Value()), 10, 64)
+			if err != nil {
+				continue
+			}
+			k.mu.Lock()
+			e := k.entries[ev.Key()]
+			if e == nil {
+				e = &entry{} // lastUsed zero: not refreshed until used
+				k.entries[ev.Key()] = e
+			}
+			if e.readAt.IsZero() {
+				e.setShared(v, time.Now())
+			}
+			k.mu.Unlock()
+			n++
+		}
+	}
 }
 
 // Add implements Counters.
@@ -247,7 +346,7 @@ func (k *KV) AddNow(ctx context.Context, key string, n int64) (int64, error) {
 		return e.total(), err
 	}
 	// The bucket's value now holds delta; counts added meanwhile stay pending.
-	e.shared = total - e.folding
+	e.setShared(total-e.folding, time.Now())
 	return e.total(), nil
 }
 
@@ -366,11 +465,31 @@ func (k *KV) cas(ctx context.Context, key string, next func(cur int64) (int64, b
 			return v, nil
 		case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 			continue // another replica folded first: read again
+		case k.landed(ctx, kv, key, rev, val):
+			return v, nil
 		default:
 			return 0, err
 		}
 	}
 	return 0, fmt.Errorf("quota counter %s: too much contention", key)
+}
+
+// landed reports whether a write that failed without an answer (a timeout
+// while JetStream was slow) was stored after all: the key holds exactly
+// what it wrote, as the revision after the one it read (or, for a create,
+// at all). Without this check the caller keeps the delta and folds it again
+// next time: one day's tokens were counted twice in a loaded test run. (A
+// second writer storing the very same value in that instant would be taken
+// for ours: the count is then short by that write, which is rarer than a
+// lost answer and errs toward the customer.)
+func (k *KV) landed(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, val []byte) bool {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	e, err := kv.Get(rctx, key)
+	if err != nil || !bytes.Equal(e.Value(), val) {
+		return false
+	}
+	return rev == 0 || e.Revision() > rev
 }
 
 func (k *KV) read(ctx context.Context, kv jetstream.KeyValue, key string) (int64, uint64, error) {
@@ -418,6 +537,12 @@ func (k *KV) Sync(ctx context.Context) {
 	keys := make([]string, 0, len(k.entries))
 	now := time.Now()
 	for key, e := range k.entries {
+		if e.lastUsed.IsZero() { // loaded, never used: kept for a while, not refreshed
+			if now.Sub(e.readAt) > idleAfter {
+				delete(k.entries, key)
+			}
+			continue
+		}
 		if e.pending == 0 && now.Sub(e.lastUsed) > idleAfter {
 			delete(k.entries, key)
 			continue
@@ -448,7 +573,7 @@ func (k *KV) Sync(ctx context.Context) {
 			}
 			return // NATS is likely down: try everything again next tick
 		}
-		e.shared = total - e.folding
+		e.setShared(total-e.folding, time.Now())
 		k.mu.Unlock()
 	}
 }

@@ -2,6 +2,7 @@ package quota_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,5 +238,88 @@ func TestCountersFailOpenWithoutNATS(t *testing.T) {
 			t.Fatalf("local counts not folded in after NATS came back: %d %v", v, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestRefundNeverOverfills: tokens given back by calls refused as the
+// caller's own error never lift the bucket above its capacity, even when it
+// has refilled in the meantime.
+func TestRefundNeverOverfills(t *testing.T) {
+	t.Parallel()
+	c := &clock{t: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+	l := quota.NewLimiter(quota.NewMemory(), c.now)
+	id := identity(3, 0, 0)
+	var held []*quota.Ticket
+	for range 2 {
+		tk, err := l.Admit(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, tk)
+	}
+	c.add(time.Minute) // full again while both calls run
+	for _, tk := range held {
+		tk.Finish(codes.InvalidArgument, 0) // two refunds into a full bucket
+	}
+	for i := range 3 {
+		tk, err := l.Admit(context.Background(), id)
+		if err != nil {
+			t.Fatalf("call %d of 3 refused: %v", i+1, err)
+		}
+		if got, want := tk.Headers.Get("x-ratelimit-remaining")[0], string(rune('0'+2-i)); got != want {
+			t.Errorf("call %d: remaining %s, want %s", i+1, got, want)
+		}
+		tk.Finish(codes.OK, 0)
+	}
+	if _, err := l.Admit(context.Background(), id); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("4th call in a minute with capacity 3: %v, want ResourceExhausted", err)
+	}
+}
+
+// TestBucketFollowsAChangedLimit: a key's limit changes (a reloaded key
+// file, another tier) while its bucket is in use.
+func TestBucketFollowsAChangedLimit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name               string
+		from, to           int64
+		spend              int
+		wantOK             bool
+		wantRemaining      string
+		wantReset, wantRet string
+	}{
+		// Full at 10, cut to 3: the tokens above the new capacity are dropped.
+		{name: "shrink", from: 10, to: 3, spend: 0, wantOK: true, wantRemaining: "2", wantReset: "20"},
+		// Empty at 5, raised to 10: still empty, refilling at the new rate.
+		{name: "grow", from: 5, to: 10, spend: 5, wantOK: false, wantRemaining: "0", wantReset: "60", wantRet: "6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := &clock{t: time.Date(2026, 11, 22, 10, 0, 0, 0, time.UTC)}
+			l := quota.NewLimiter(quota.NewMemory(), c.now)
+			if tc.spend == 0 { // create the bucket at the old limit
+				tk, err := l.Admit(context.Background(), identity(tc.from, 0, 0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				tk.Finish(codes.InvalidArgument, 0) // and give the token back
+			}
+			for range tc.spend {
+				if _, err := l.Admit(context.Background(), identity(tc.from, 0, 0)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tk, err := l.Admit(context.Background(), identity(tc.to, 0, 0))
+			if (err == nil) != tc.wantOK {
+				t.Fatalf("admitted %v (%v), want %v", err == nil, err, tc.wantOK)
+			}
+			h := tk.Headers
+			if h.Get("x-ratelimit-limit")[0] != strconv.FormatInt(tc.to, 10) || h.Get("x-ratelimit-remaining")[0] != tc.wantRemaining || h.Get("x-ratelimit-reset")[0] != tc.wantReset {
+				t.Errorf("headers %v", h)
+			}
+			if tc.wantRet != "" && (len(h.Get("retry-after")) == 0 || h.Get("retry-after")[0] != tc.wantRet) {
+				t.Errorf("retry-after %v, want %s", h.Get("retry-after"), tc.wantRet)
+			}
+		})
 	}
 }

@@ -34,14 +34,13 @@ import (
 	"github.com/kgents/kgents-go/quota"
 	"github.com/kgents/kgents-go/server/soulsvc"
 	"github.com/kgents/kgents-go/soul"
-	"github.com/kgents/kgents-go/streaming"
 	"github.com/kgents/kgents-go/telemetry"
 	"github.com/kgents/kgents-go/tenancy"
 )
 
 type dropEvents struct{}
 
-func (dropEvents) Emit(event.Event) {}
+func (dropEvents) Emit([]event.Event) {}
 
 // chainServer serves the Soul service on loopback TCP with the given
 // options and returns a client connection to it.
@@ -85,7 +84,6 @@ func fullChain(b *testing.B, withMetering bool) []grpc.ServerOption {
 	metrics := grpcprom.NewServerMetrics()
 	reg.MustRegister(metrics)
 	p := policies(func(any) (tenancy.Scope, string) { return tenancy.ScopeRead, "" })
-	hub := streaming.NewHub(nil, streaming.HubOptions{})
 	parts := chainParts{
 		logging:     logging.New(log, nil),
 		metrics:     metrics,
@@ -93,7 +91,7 @@ func fullChain(b *testing.B, withMetering bool) []grpc.ServerOption {
 		idempotency: idempotency.New(idempotency.NewMemory(0), nil, 0, log),
 		quota:       quotaic.New(quota.NewLimiter(quota.NewMemory(), nil)),
 		validate:    v,
-		fanout:      fanout.New(fanout.NewPublisher(hub, nil, nil, log, nil), nil),
+		fanout:      fanout.New(nil),
 		statuserr:   statuserr.New(log),
 		recovery:    recovery.New(log, reg),
 	}

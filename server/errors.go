@@ -13,33 +13,17 @@ import (
 	"github.com/kgents/kgents-go/apijson"
 	apiv1 "github.com/kgents/kgents-go/gen/kgents/api/v1"
 	"github.com/kgents/kgents-go/interceptors"
+	"github.com/kgents/kgents-go/interceptors/auth"
 )
 
 // httpStatus maps a gRPC code to the REST status (interceptors.HTTPStatus).
 func httpStatus(c codes.Code) int { return interceptors.HTTPStatus(c) }
 
-// codeNames are the lower snake case code names of the error body.
-var codeNames = func() map[codes.Code]string {
-	m := map[codes.Code]string{}
-	for c := codes.OK; c <= codes.Unauthenticated; c++ {
-		name := c.String()
-		var sb strings.Builder
-		for i, r := range name {
-			if i > 0 && r >= 'A' && r <= 'Z' {
-				sb.WriteByte('_')
-			}
-			sb.WriteRune(r)
-		}
-		m[c] = strings.ToLower(sb.String())
-	}
-	return m
-}()
-
 // errorBody is the JSON error body: {"detail", "code", "message"}.
 func errorBody(code codes.Code, msg string) []byte {
 	return apijson.AppendMessage(make([]byte, 0, 96+len(msg)), &apiv1.Error{
 		Detail:  msg,
-		Code:    codeNames[code],
+		Code:    apijson.CodeName(code),
 		Message: msg,
 	})
 }
@@ -60,6 +44,11 @@ func writeError(w http.ResponseWriter, st *status.Status, requestID string) {
 		}
 		code = codes.Internal
 	}
+	if reason := auth.TenantInactiveCode(st); reason != "" {
+		// A suspended or canceled tenant: 402 with the reason as the code.
+		writeRaw(w, http.StatusPaymentRequired, apijson.AppendMessage(nil, &apiv1.Error{Detail: msg, Code: reason, Message: msg}))
+		return
+	}
 	h := w.Header()
 	if code == codes.ResourceExhausted || code == codes.Unavailable {
 		if h.Get("Retry-After") == "" {
@@ -70,12 +59,16 @@ func writeError(w http.ResponseWriter, st *status.Status, requestID string) {
 }
 
 func writeJSONError(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
+	writeRaw(w, httpCode, errorBody(code, msg))
+}
+
+func writeRaw(w http.ResponseWriter, httpCode int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
 	h.Del("Content-Length")
 	w.WriteHeader(httpCode)
-	_, _ = w.Write(errorBody(code, msg))
+	_, _ = w.Write(body)
 }
 
 // retryAfterSeconds reads a RetryInfo detail, defaulting to one second.

@@ -364,9 +364,11 @@ func TestOpenAPIAndReflection(t *testing.T) {
 		Paths map[string]map[string]struct {
 			Tags []string `json:"tags"`
 		} `json:"paths"`
-		Definitions map[string]struct {
-			Enum []string `json:"enum"`
-		} `json:"definitions"`
+		Components struct {
+			Schemas map[string]struct {
+				Enum []string `json:"enum"`
+			} `json:"schemas"`
+		} `json:"components"`
 	}
 	if err := json.Unmarshal(body, &doc); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("/openapi.json: %d %v", resp.StatusCode, err)
@@ -389,7 +391,7 @@ func TestOpenAPIAndReflection(t *testing.T) {
 			}
 		}
 	}
-	if got := strings.Join(doc.Definitions["v1Mode"].Enum, ","); got != "reflect,advise,challenge,explore" {
+	if got := strings.Join(doc.Components.Schemas["v1Mode"].Enum, ","); got != "reflect,advise,challenge,explore" {
 		t.Errorf("Mode enum documented as %q", got)
 	}
 

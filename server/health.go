@@ -5,14 +5,19 @@ import (
 	"net/http"
 
 	"github.com/kgents/kgents-go/billing"
-	"github.com/kgents/kgents-go/gen/openapi"
 	"github.com/kgents/kgents-go/streaming"
 )
 
 // HealthPart is one component's contribution to /health/saas and /health.
 type HealthPart struct {
-	// Detail is the component's JSON object in /health/saas.
+	// Detail is the component's JSON object in the operators' /health/saas
+	// (on METRICS_PORT): everything, error texts and addresses included.
 	Detail map[string]any
+	// Public is the component's object in the public /health/saas (on
+	// HTTP_PORT): statuses and non-sensitive counts only — never a URL, a
+	// host:port, a server version or an error text, which can name internal
+	// hosts. Nil means the status and configured fields of Detail.
+	Public map[string]any
 	// Summary is the component's one-word state in /health ("ok", "disabled", ...).
 	Summary string
 	// Degraded marks the service as degraded (still serving).
@@ -54,18 +59,48 @@ func natsHealth(c *streaming.Conn, pub *streaming.Publisher, hub *streaming.Hub)
 		if st.Error != "" {
 			d["error"] = st.Error
 		}
+		part := HealthPart{Detail: d, Summary: "ok"}
 		switch {
 		case !c.Enabled():
 			d["status"], d["mode"] = "disabled", "fallback"
-			return HealthPart{Detail: d, Summary: "disabled"}
+			part.Summary = "disabled"
+		case st.Incompatible:
+			// Connected to a server kgentsd refuses to use (too old): it
+			// stays in fallback mode; the error says why.
+			d["status"], d["mode"] = "incompatible", "fallback"
+			part.Summary, part.Degraded = "incompatible", true
 		case !st.Connected:
 			d["status"] = "disconnected"
-			return HealthPart{Detail: d, Summary: "disconnected", Degraded: true}
+			part.Summary, part.Degraded = "disconnected", true
 		case ph.State != streaming.PublisherHealthy:
-			return HealthPart{Detail: d, Summary: ph.State, Degraded: true}
+			part.Summary, part.Degraded = ph.State, true
 		}
-		return HealthPart{Detail: d, Summary: "ok"}
+		part.Public = pick(d, "configured", "connection", "status", "mode", "spool_depth", "spool_bytes", "in_flight", "watchers", "replaying")
+		part.Public["breaker"] = map[string]any{"state": ph.Breaker.State}
+		if ph.SpoolError != "" {
+			part.Public["spool_error"] = true // the text (a path) is in the operators' view
+		}
+		return part
 	}
+}
+
+// pick copies the named keys of m that are set.
+func pick(m map[string]any, keys ...string) map[string]any {
+	out := make(map[string]any, len(keys))
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// public is p's object for the public /health/saas.
+func (p HealthPart) public() map[string]any {
+	if p.Public != nil {
+		return p.Public
+	}
+	return pick(p.Detail, "configured", "status")
 }
 
 // openMeterHealth reports the OpenMeter sink: an unhealthy sink degrades
@@ -87,13 +122,16 @@ func openMeterHealth(p *billing.Processor) HealthReporter {
 			d["last_error"] = h.LastError
 			d["last_error_at"] = h.LastErrorAt
 		}
+		// The error text names OpenMeter's (possibly internal) URL: the
+		// public view says only when the last failure was.
+		pub := pick(d, "configured", "status", "backlog", "last_success", "last_error_at")
 		switch h.Status {
 		case "disabled":
-			return HealthPart{Detail: d, Summary: "disabled"}
+			return HealthPart{Detail: d, Public: pub, Summary: "disabled"}
 		case "healthy":
-			return HealthPart{Detail: d, Summary: "ok"}
+			return HealthPart{Detail: d, Public: pub, Summary: "ok"}
 		}
-		return HealthPart{Detail: d, Summary: h.Status, Degraded: true}
+		return HealthPart{Detail: d, Public: pub, Summary: h.Status, Degraded: true}
 	}
 }
 
@@ -136,9 +174,25 @@ func (s *Server) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	})
 }
 
-// handleHealthSaaS details the infrastructure: always 200, the body says how it is.
+// handleHealthSaaS is the public view of the infrastructure (HTTP_PORT):
+// always 200, statuses and counts only (HealthPart.Public).
 func (s *Server) handleHealthSaaS(w http.ResponseWriter, _ *http.Request) {
+	s.writeHealthSaaS(w, false)
+}
+
+// handleHealthSaaSDetail is the operators' view, served next to /metrics
+// on METRICS_PORT only (a port kept private): the same document with every
+// detail — embedded NATS URL, server version, breaker and OpenMeter errors.
+func (s *Server) handleHealthSaaSDetail(w http.ResponseWriter, _ *http.Request) {
+	s.writeHealthSaaS(w, true)
+}
+
+func (s *Server) writeHealthSaaS(w http.ResponseWriter, detail bool) {
 	natsPart, omPart := s.health.nats(), s.health.openmeter()
+	natsView, omView := natsPart.public(), omPart.public()
+	if detail {
+		natsView, omView = natsPart.Detail, omPart.Detail
+	}
 	status := "ok"
 	switch {
 	case !s.started.Load():
@@ -146,12 +200,27 @@ func (s *Server) handleHealthSaaS(w http.ResponseWriter, _ *http.Request) {
 	case natsPart.Degraded || omPart.Degraded:
 		status = "degraded"
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	doc := map[string]any{
 		"status":    status,
 		"started":   s.started.Load(),
-		"nats":      natsPart.Detail,
-		"openmeter": omPart.Detail,
-	})
+		"nats":      natsView,
+		"openmeter": omView,
+	}
+	if s.health.controlPlane != nil {
+		cp := s.health.controlPlane()
+		doc["control_plane"] = cp.public()
+		if detail {
+			doc["control_plane"] = cp.Detail
+		}
+	}
+	if s.health.stripe != nil {
+		st := s.health.stripe()
+		doc["stripe"] = st.public()
+		if detail {
+			doc["stripe"] = st.Detail
+		}
+	}
+	writeJSON(w, http.StatusOK, doc)
 }
 
 // handleLivez answers while the process can serve HTTP at all.
@@ -171,12 +240,6 @@ func (s *Server) handleReadyz(w http.ResponseWriter, _ *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	}
-}
-
-func (s *Server) handleOpenAPI(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "public, max-age=300")
-	_, _ = w.Write(openapi.Document)
 }
 
 // handleRoot is the API index the Python service served at /.

@@ -36,8 +36,9 @@ func (s *Server) httpHandler() http.Handler {
 	get("/health/saas", s.handleHealthSaaS)
 	get("/livez", s.handleLivez)
 	get("/readyz", s.handleReadyz)
-	get("/openapi.json", s.handleOpenAPI)
 	get("/{$}", s.handleRoot)
+	s.mountConsole(mux)
+	s.mountAPIReference(mux)
 	if s.cfg.MetricsPort == 0 {
 		mux.Handle("/metrics", s.routed("/metrics", onlyMethods(s.metricsHandler().ServeHTTP, http.MethodGet)))
 		if s.cfg.Pprof {
@@ -51,6 +52,7 @@ func (s *Server) httpHandler() http.Handler {
 		mux.Handle(rt.route, s.serveSSE(rt))
 	}
 	mux.Handle(routeSendMessage, s.messagesDispatcher())
+	s.mountBilling(mux)
 	mux.Handle("/", s.gwMux)
 	return s.middleware(mux)
 }
@@ -90,6 +92,7 @@ func onlyMethods(h http.HandlerFunc, methods ...string) http.Handler {
 // other POST is streamed with StreamMessage as SSE. GET is ListMessages.
 func (s *Server) messagesDispatcher() http.Handler {
 	sse := s.serveSSE(s.sseRoute(routeSendMessage))
+	probeOpts := apijson.UnmarshalOptions{Required: bodyRequiredFor(sessionsv1.SessionsService_StreamMessage_FullMethodName)}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			s.gwMux.ServeHTTP(w, r)
@@ -97,13 +100,13 @@ func (s *Server) messagesDispatcher() http.Handler {
 		}
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
-			s.writePreCallError(w, r, err)
+			s.writePreCallError(r.Context(), w, r, "", err)
 			return
 		}
 		// A body that does not parse goes to the gateway too, which answers
 		// it exactly as it would any other bad body.
 		var probe sessionsv1.StreamMessageRequest
-		perr := apijson.Unmarshal(body, &probe)
+		perr := probeOpts.Unmarshal(body, &probe)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		if perr != nil || (probe.Stream != nil && !probe.GetStream()) {
 			s.gwMux.ServeHTTP(w, r)
@@ -114,19 +117,23 @@ func (s *Server) messagesDispatcher() http.Handler {
 }
 
 // middleware wraps the REST surface, outermost first: panic safety, request
-// id and timing and access metrics, CORS, the body limit, and the
-// ?api_key= lift for EventSource clients.
+// id and timing and access metrics, dropping the Grpc-* headers grpc-gateway
+// would obey, CORS, the body limit, and the ?api_key= lift for EventSource
+// clients.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	h := s.liftQueryKey(next)
 	h = s.limitBody(h)
 	h = s.cors(h)
+	h = grpcControlHeaders(h)
 	h = s.observe(h)
 	return h
 }
 
 // observe gives the request an id, times it (X-Response-Time is the time to
 // headers), recovers panics, counts it, and logs requests that never reached
-// a gRPC handler (the interceptors log those that did).
+// a gRPC handler (the interceptors log those that did) and every 5xx,
+// wherever it came from (ERROR for 500, WARN for the others), each with its
+// request id.
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -135,7 +142,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			id = telemetry.NewRequestID()
 			r.Header.Set("X-Request-ID", id)
 		}
-		st := &callState{requestID: id}
+		st := &callState{requestID: id, badURL: urlNotUTF8(r.URL)}
 		ctx := telemetry.WithRequestID(withCallState(r.Context(), st), id)
 		rw := &responseWriter{ResponseWriter: w, start: start}
 		w.Header().Set("X-Request-ID", id)
@@ -151,18 +158,35 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			}
 			route := st.routeOr("unmatched")
 			elapsed := time.Since(start)
-			s.metrics.observeHTTP(r.Method, route, rw.status(), elapsed)
-			if !st.reached.Load() {
-				level := slog.LevelInfo
-				if route == "/health" || route == "/livez" || route == "/readyz" || route == "/metrics" || route == "/health/saas" {
-					level = slog.LevelDebug
-				}
+			code := rw.status()
+			s.metrics.observeHTTP(r.Method, route, code, elapsed)
+			if level, ok := httpLogLevel(route, code, st.reached.Load()); ok {
 				s.log.LogAttrs(ctx, level, "http", slog.String("method", r.Method), slog.String("route", route),
-					slog.Int("status", rw.status()), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000))
+					slog.Int("status", code), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000))
 			}
 		}()
 		next.ServeHTTP(rw, r.WithContext(ctx))
 	})
+}
+
+// httpLogLevel decides the "http" log line of a response: every 5xx (a 500
+// at ERROR, other 5xx at WARN), and, at INFO (DEBUG for probes and
+// scrapes), any request that never reached a gRPC handler, whose
+// interceptors would have logged it.
+func httpLogLevel(route string, code int, reached bool) (slog.Level, bool) {
+	switch {
+	case code == http.StatusInternalServerError:
+		return slog.LevelError, true
+	case code >= 500:
+		return slog.LevelWarn, true
+	case reached:
+		return 0, false
+	}
+	switch route {
+	case "/health", "/livez", "/readyz", "/metrics", "/health/saas":
+		return slog.LevelDebug, true
+	}
+	return slog.LevelInfo, true
 }
 
 // responseWriter stamps X-Response-Time when headers go out and remembers the

@@ -24,11 +24,12 @@ type openMeter struct {
 	mu     sync.Mutex
 	events map[string]map[string]any // id -> event
 	raw    int                       // deliveries, duplicates included
+	perID  map[string]int            // deliveries by id
 	bad    []string
 }
 
 func startOpenMeter(t *testing.T) *openMeter {
-	om := &openMeter{t: t, events: map[string]map[string]any{}}
+	om := &openMeter{t: t, events: map[string]map[string]any{}, perID: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(om.serve))
 	t.Cleanup(srv.Close)
 	om.url = srv.URL
@@ -71,7 +72,13 @@ func (om *openMeter) serve(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if ev["specversion"] != "1.0" || ev["source"] != "kgents-api" {
+		// Usage events come from kgents-api; the subscription and payment
+		// events of the Stripe lifecycle from kgents-stripe-bridge.
+		source := "kgents-api"
+		if typ, _ := ev["type"].(string); strings.HasPrefix(typ, "subscription.") || strings.HasPrefix(typ, "payment.") {
+			source = "kgents-stripe-bridge"
+		}
+		if ev["specversion"] != "1.0" || ev["source"] != source {
 			problem("bad specversion/source")
 			return
 		}
@@ -79,6 +86,7 @@ func (om *openMeter) serve(w http.ResponseWriter, r *http.Request) {
 	om.mu.Lock()
 	for _, ev := range batch {
 		om.events[ev["id"].(string)] = ev
+		om.perID[ev["id"].(string)]++
 		om.raw++
 	}
 	om.mu.Unlock()
@@ -95,6 +103,20 @@ func (om *openMeter) byType(typ string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// deliveries is how many times the event with id was received.
+func (om *openMeter) deliveries(id string) int {
+	om.mu.Lock()
+	defer om.mu.Unlock()
+	return om.perID[id]
+}
+
+// problems are the batches refused as malformed.
+func (om *openMeter) problems() []string {
+	om.mu.Lock()
+	defer om.mu.Unlock()
+	return append([]string(nil), om.bad...)
 }
 
 func (om *openMeter) count() int {

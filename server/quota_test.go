@@ -99,9 +99,12 @@ func TestFreeTierDailyLimit(t *testing.T) {
 	// The quota is per tenant: PRO still works.
 	resp, b = in.Do(t, "POST", "/v1/soul/dialogue", bob, `{"prompt":"hello"}`)
 	mustStatus(t, resp, b, http.StatusOK)
-	// Every call of the tenant counts, including usage reads — which are refused now.
+	// Usage reads still answer over the limit, and consume nothing.
 	resp, b = in.Do(t, "GET", "/v1/usage", alice, "")
-	mustStatus(t, resp, b, http.StatusTooManyRequests)
+	mustStatus(t, resp, b, http.StatusOK)
+	if u := decode[usage](t, b); u.RequestsToday != 10 {
+		t.Errorf("alice's usage over the limit: %+v, want 10 requests today", u)
+	}
 	resp, b = in.Do(t, "GET", "/v1/usage", bob, "")
 	mustStatus(t, resp, b, http.StatusOK)
 	if u := decode[usage](t, b); u.RequestsToday != 2 || u.Tier != "pro" || u.Limits.RequestsPerDay != 1000 || u.TenantID != "00000000-0000-0000-0000-000000000001" {

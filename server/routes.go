@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/kgents/kgents-go/apijson"
 	agentesev1 "github.com/kgents/kgents-go/gen/kgents/agentese/v1"
@@ -39,13 +40,14 @@ func (s *Server) sseRoute(route string) *sseRoute {
 	sessions := sessionsv1.NewSessionsServiceClient(s.gwConn)
 	switch route {
 	case routeSendMessage, routeStreamMessage:
+		required := bodyRequiredFor(sessionsv1.SessionsService_StreamMessage_FullMethodName)
 		return &sseRoute{
 			route: route, method: http.MethodPost,
 			rpc:     sessionsv1.SessionsService_StreamMessage_FullMethodName,
 			newReq:  func() proto.Message { return &sessionsv1.StreamMessageRequest{} },
 			newResp: func() proto.Message { return &sessionsv1.StreamMessageResponse{} },
 			read: func(r *http.Request, req proto.Message) error {
-				if err := readBody(r, req); err != nil {
+				if err := readBody(r, req, required); err != nil {
 					return err
 				}
 				req.(*sessionsv1.StreamMessageRequest).SessionId = r.PathValue("session_id")
@@ -78,24 +80,26 @@ func (s *Server) sseRoute(route string) *sseRoute {
 		}
 	case routeStreamDialogue:
 		soul := soulv1.NewSoulServiceClient(s.gwConn)
+		required := bodyRequiredFor(soulv1.SoulService_StreamDialogue_FullMethodName)
 		return &sseRoute{
 			route: route, method: http.MethodPost,
 			rpc:     soulv1.SoulService_StreamDialogue_FullMethodName,
 			newReq:  func() proto.Message { return &soulv1.StreamDialogueRequest{} },
 			newResp: func() proto.Message { return &soulv1.StreamDialogueResponse{} },
-			read:    readBody,
+			read:    func(r *http.Request, req proto.Message) error { return readBody(r, req, required) },
 			open: func(ctx context.Context, req proto.Message) (grpc.ClientStream, error) {
 				return soul.StreamDialogue(ctx, req.(*soulv1.StreamDialogueRequest))
 			},
 		}
 	case routeInvokeStream:
 		agentese := agentesev1.NewAgenteseServiceClient(s.gwConn)
+		required := bodyRequiredFor(agentesev1.AgenteseService_InvokeStream_FullMethodName)
 		return &sseRoute{
 			route: route, method: http.MethodPost,
 			rpc:     agentesev1.AgenteseService_InvokeStream_FullMethodName,
 			newReq:  func() proto.Message { return &agentesev1.InvokeStreamRequest{} },
 			newResp: func() proto.Message { return &agentesev1.InvokeStreamResponse{} },
-			read:    readBody,
+			read:    func(r *http.Request, req proto.Message) error { return readBody(r, req, required) },
 			open: func(ctx context.Context, req proto.Message) (grpc.ClientStream, error) {
 				return agentese.InvokeStream(ctx, req.(*agentesev1.InvokeStreamRequest))
 			},
@@ -104,9 +108,10 @@ func (s *Server) sseRoute(route string) *sseRoute {
 	panic("unknown SSE route " + route)
 }
 
-// readBody decodes a JSON body (possibly empty) into req.
-func readBody(r *http.Request, req proto.Message) error {
-	err := apijson.UnmarshalReader(r.Body, req)
+// readBody decodes a JSON body (possibly empty, unless fields are required)
+// into req.
+func readBody(r *http.Request, req proto.Message, required []protoreflect.Name) error {
+	err := apijson.UnmarshalOptions{Required: required}.UnmarshalReader(r.Body, req)
 	if errors.Is(err, io.EOF) {
 		return nil
 	}

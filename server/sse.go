@@ -58,14 +58,21 @@ func (s *Server) serveSSE(rt *sseRoute) http.Handler {
 			writeJSONError(w, http.StatusMethodNotAllowed, codes.Unimplemented, "Method Not Allowed")
 			return
 		}
-		req := rt.newReq()
-		if err := rt.read(r, req); err != nil {
-			s.writePreCallError(w, r, err)
-			return
-		}
 		ctx, err := runtime.AnnotateContext(r.Context(), s.gwMux, r, rt.rpc, runtime.WithHTTPPathPattern(rt.route))
 		if err != nil {
-			s.writePreCallError(w, r, err)
+			s.writePreCallError(r.Context(), w, r, "", err)
+			return
+		}
+		// A request that cannot be read is refused through the chain (see
+		// writePreCallError); a string from the URL that is not UTF-8 is
+		// found before the call could fail to encode it.
+		req := rt.newReq()
+		err = rt.read(r, req)
+		if st := callStateFrom(r.Context()); err == nil && st != nil && st.badURL {
+			err = checkUTF8(req)
+		}
+		if err != nil {
+			s.writePreCallError(ctx, w, r, rt.rpc, err)
 			return
 		}
 		ctx, cancel := context.WithCancel(ctx)
@@ -154,7 +161,7 @@ func (s *Server) serveSSE(rt *sseRoute) http.Handler {
 					// The stream broke after it opened (the server went away):
 					// say so in-band, the status line is already sent.
 					st := status.Convert(err)
-					_ = out.errorEvent(st.Message(), codeNames[st.Code()])
+					_ = out.errorEvent(st.Message(), apijson.CodeName(st.Code()))
 				}
 				return
 			case <-r.Context().Done():

@@ -2,7 +2,6 @@ package sessionstore
 
 import (
 	"context"
-	"slices"
 	"sync"
 
 	"google.golang.org/protobuf/proto"
@@ -13,18 +12,18 @@ import (
 // Memory is the in-process Store: the same semantics as JetStream, lost on
 // restart, invisible to other replicas.
 type Memory struct {
-	mu         sync.Mutex
-	records    map[string]*Record // key: tenant.session
-	messages   map[string][]*sessionsv1.Message
-	messageIDs map[string]bool
+	mu       sync.Mutex
+	records  map[string]*Record // key: tenant.session
+	messages map[string]map[int]*sessionsv1.Message
+	byTenant map[string][]string // session ids in order of creation
 }
 
 // NewMemory returns an empty store.
 func NewMemory() *Memory {
 	return &Memory{
-		records:    map[string]*Record{},
-		messages:   map[string][]*sessionsv1.Message{},
-		messageIDs: map[string]bool{},
+		records:  map[string]*Record{},
+		messages: map[string]map[int]*sessionsv1.Message{},
+		byTenant: map[string][]string{},
 	}
 }
 
@@ -38,6 +37,8 @@ func (m *Memory) Create(_ context.Context, s *sessionsv1.Session) (*Record, erro
 	if _, ok := m.records[k]; ok {
 		return nil, ErrExists
 	}
+	ids := append(m.byTenant[s.GetTenantId()], s.GetId())
+	m.byTenant[s.GetTenantId()] = ids
 	r := &Record{Session: proto.Clone(s).(*sessionsv1.Session), Revision: 1}
 	m.records[k] = r
 	return r.Clone(), nil
@@ -57,15 +58,13 @@ func (m *Memory) Get(_ context.Context, tenantID, sessionID string) (*Record, er
 // List returns a page of a tenant's sessions, newest first.
 func (m *Memory) List(_ context.Context, tenantID string, offset, limit int) ([]*sessionsv1.Session, int, error) {
 	m.mu.Lock()
-	var all []*sessionsv1.Session
-	for _, r := range m.records {
-		if r.Session.GetTenantId() == tenantID {
-			all = append(all, proto.Clone(r.Session).(*sessionsv1.Session))
-		}
+	defer m.mu.Unlock()
+	ids := m.byTenant[tenantID]
+	out := []*sessionsv1.Session{}
+	for i := len(ids) - 1 - max(offset, 0); i >= 0 && len(out) < limit; i-- {
+		out = append(out, proto.Clone(m.records[key(tenantID, ids[i])].Session).(*sessionsv1.Session))
 	}
-	m.mu.Unlock()
-	sortNewestFirst(all)
-	return page(all, offset, limit), len(all), nil
+	return out, len(ids), nil
 }
 
 // Update applies fn with compare-and-set semantics.
@@ -85,57 +84,44 @@ func (m *Memory) Update(_ context.Context, tenantID, sessionID string, fn func(*
 	return next.Clone(), nil
 }
 
-// AppendMessage adds a message (once per message id).
-func (m *Memory) AppendMessage(_ context.Context, tenantID string, msg *sessionsv1.Message) error {
+// AppendMessage stores message number n (once).
+func (m *Memory) AppendMessage(_ context.Context, tenantID string, n int, msg *sessionsv1.Message) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.records[key(tenantID, msg.GetSessionId())]; !ok {
+	k := key(tenantID, msg.GetSessionId())
+	if _, ok := m.records[k]; !ok {
 		return ErrNotFound
 	}
-	if m.messageIDs[msg.GetId()] {
-		return nil
+	if m.messages[k] == nil {
+		m.messages[k] = map[int]*sessionsv1.Message{}
 	}
-	m.messageIDs[msg.GetId()] = true
-	k := key(tenantID, msg.GetSessionId())
-	m.messages[k] = append(m.messages[k], proto.Clone(msg).(*sessionsv1.Message))
+	if old, ok := m.messages[k][n]; ok {
+		if old.GetId() == msg.GetId() {
+			return nil
+		}
+		return ErrConflict
+	}
+	m.messages[k][n] = proto.Clone(msg).(*sessionsv1.Message)
 	return nil
 }
 
-// Messages returns a page of a transcript, oldest first.
-func (m *Memory) Messages(_ context.Context, tenantID, sessionID string, offset, limit int) ([]*sessionsv1.Message, int, error) {
+// Messages returns messages numbered from..to-1, oldest first.
+func (m *Memory) Messages(_ context.Context, tenantID, sessionID string, from, to int) ([]*sessionsv1.Message, error) {
+	from, to, err := checkRange(from, to)
+	if err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.records[key(tenantID, sessionID)]; !ok {
-		return nil, 0, ErrNotFound
+	k := key(tenantID, sessionID)
+	if _, ok := m.records[k]; !ok {
+		return nil, ErrNotFound
 	}
-	all := m.messages[key(tenantID, sessionID)]
-	out := page(all, offset, limit)
-	for i, msg := range out {
-		out[i] = proto.Clone(msg).(*sessionsv1.Message)
-	}
-	return out, len(all), nil
-}
-
-func sortNewestFirst(s []*sessionsv1.Session) {
-	slices.SortStableFunc(s, func(a, b *sessionsv1.Session) int {
-		if c := b.GetCreatedAt().AsTime().Compare(a.GetCreatedAt().AsTime()); c != 0 {
-			return c
+	out := []*sessionsv1.Message{}
+	for n := from; n < to; n++ {
+		if msg, ok := m.messages[k][n]; ok {
+			out = append(out, proto.Clone(msg).(*sessionsv1.Message))
 		}
-		// Same instant: a stable, arbitrary order.
-		switch {
-		case a.GetId() > b.GetId():
-			return -1
-		case a.GetId() < b.GetId():
-			return 1
-		}
-		return 0
-	})
-}
-
-func page[T any](all []T, offset, limit int) []T {
-	if offset >= len(all) || limit <= 0 {
-		return []T{}
 	}
-	end := min(offset+limit, len(all))
-	return slices.Clone(all[offset:end])
+	return out, nil
 }

@@ -1,10 +1,12 @@
 package sessionstore
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/kgents/kgents-go/apijson"
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
@@ -33,18 +35,46 @@ type DurablePublisher interface {
 // The price of the outage mode: a spooled KV put is last-writer-wins, not
 // compare-and-set. It is safe while one replica serves the session, which
 // the turn marker ensures as long as only this replica has it cached.
+//
+// An update is spooled only when NATS is unreachable. While the connection
+// is up, a failed update is a JetStream leader election (on a cluster, a
+// few seconds): it is retried for up to ElectionWait before the outage mode
+// takes over. A spooled update is invisible to the other replicas until it
+// is replayed, so taking that path during an election would let a turn's
+// lease lapse for everyone else while its replica still runs it.
 type Resilient struct {
 	*JetStream
 	pub   DurablePublisher
-	cache *lru
+	cache *recordCache
+	// electionWait bounds the retries of an update while connected.
+	electionWait time.Duration
 }
+
+// DefaultElectionWait is how long an update retries while connected
+// before it is spooled: longer than a JetStream leader election (measured
+// at 4.6–6.1 s on a 3-node cluster, docs/streaming.md), shorter than a turn
+// lease (KGENTS_TURN_LEASE, 10 s), so a renewal that waits it out still
+// lands in time.
+const DefaultElectionWait = 8 * time.Second
 
 // NewResilient wraps a JetStream store; cacheSize bounds the cache.
 func NewResilient(inner *JetStream, pub DurablePublisher, cacheSize int) *Resilient {
-	return &Resilient{JetStream: inner, pub: pub, cache: newLRU(cacheSize)}
+	return &Resilient{JetStream: inner, pub: pub, cache: newRecordCache(cacheSize), electionWait: DefaultElectionWait}
+}
+
+// WithElectionWait sets how long an update retries while connected (0:
+// not at all, spool at once as when disconnected).
+func (r *Resilient) WithElectionWait(d time.Duration) *Resilient {
+	r.electionWait = max(d, 0)
+	return r
 }
 
 func unavailableErr(err error) bool { return errors.Is(err, ErrUnavailable) }
+
+// isConnected reports whether NATS is known to be reachable (false when
+// the store was given no connection state: it cannot tell an election from
+// an outage, and treats every failure as an outage).
+func (r *Resilient) isConnected() bool { return r.connected != nil && r.connected() }
 
 // Create stores a new session; while NATS is away it is cached here and
 // its record spooled.
@@ -57,7 +87,7 @@ func (r *Resilient) Create(ctx context.Context, s *sessionsv1.Session) (*Record,
 	if !unavailableErr(err) {
 		return nil, err
 	}
-	rec = &Record{Session: s}
+	rec = &Record{Session: s, Unindexed: true}
 	if err := r.spoolRecord(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -81,15 +111,38 @@ func (r *Resilient) Get(ctx context.Context, tenantID, sessionID string) (*Recor
 }
 
 // Update applies fn with compare-and-set; while NATS is away, to the cached
-// record, spooling the result.
+// record, spooling the result. While connected it retries through a leader
+// election first (see Resilient).
 func (r *Resilient) Update(ctx context.Context, tenantID, sessionID string, fn func(*Record) error) (*Record, error) {
-	rec, err := r.JetStream.Update(ctx, tenantID, sessionID, fn)
-	if err == nil {
-		r.cache.put(rec)
-		return rec, nil
-	}
-	if !unavailableErr(err) {
-		return nil, err
+	var giveUp time.Time
+	backoff := 25 * time.Millisecond
+	for {
+		rec, err := r.JetStream.Update(ctx, tenantID, sessionID, fn)
+		if err == nil {
+			r.cache.put(rec)
+			return rec, nil
+		}
+		if !unavailableErr(err) {
+			return nil, err
+		}
+		if !r.isConnected() || r.electionWait == 0 {
+			break
+		}
+		now := time.Now()
+		if giveUp.IsZero() {
+			giveUp = now.Add(r.electionWait)
+		}
+		if !now.Before(giveUp) {
+			break
+		}
+		t := time.NewTimer(min(backoff, giveUp.Sub(now)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 500*time.Millisecond)
 	}
 	return r.cache.update(tenantID, sessionID, func(rec *Record) error {
 		if err := fn(rec); err != nil {
@@ -99,18 +152,24 @@ func (r *Resilient) Update(ctx context.Context, tenantID, sessionID string, fn f
 	})
 }
 
-// AppendMessage stores a message durably: JetStream's acknowledgement, or
-// the local spool's fsync.
-func (r *Resilient) AppendMessage(ctx context.Context, tenantID string, m *sessionsv1.Message) error {
+// AppendMessage stores message n durably: JetStream's acknowledgement, or
+// the local spool's fsync. It is written once (see JetStream.AppendMessage):
+// a copy replayed after the duplicate window is refused and recognised.
+func (r *Resilient) AppendMessage(ctx context.Context, tenantID string, n int, m *sessionsv1.Message) error {
 	b, err := apijson.Marshal(m)
 	if err != nil {
 		return err
 	}
+	subject := TranscriptSubject(tenantID, m.GetSessionId(), n)
 	err = r.pub.PublishDurable(ctx, streaming.Message{
-		Subject: TranscriptSubject(tenantID, m.GetSessionId()),
+		Subject: subject,
 		Data:    b,
 		MsgID:   m.GetId(),
+		Header:  map[string]string{writeOnce: "0"},
 	})
+	if errors.Is(err, streaming.ErrRejected) {
+		return r.sameMessage(ctx, subject, m.GetId())
+	}
 	if err != nil {
 		return unavailable(ctx, err)
 	}
@@ -137,11 +196,12 @@ func (r *Resilient) spoolRecord(ctx context.Context, rec *Record) error {
 	return nil
 }
 
+// turnID names the record's turn state, lease renewals included.
 func turnID(r *Record) string {
 	if r.Turn == nil {
 		return "idle"
 	}
-	return r.Turn.ID
+	return r.Turn.ID + "@" + itoa(uint64(max(r.Turn.Expires.UnixMilli(), 0)))
 }
 
 func itoa(n uint64) string {
@@ -157,61 +217,51 @@ func itoa(n uint64) string {
 	}
 }
 
-// lru is a bounded map of the most recently used records.
-type lru struct {
-	mu    sync.Mutex
-	max   int
-	order *list.List // front = most recent; values are *Record
-	index map[string]*list.Element
+// recordCache keeps the most recently used records (a bounded LRU). Its
+// own lock makes update a read-modify-write, so two local updates of one
+// session cannot interleave.
+type recordCache struct {
+	mu  sync.Mutex
+	lru *lru.Cache[string, *Record]
 }
 
-func newLRU(n int) *lru {
-	return &lru{max: max(n, 1), order: list.New(), index: map[string]*list.Element{}}
+func newRecordCache(n int) *recordCache {
+	c, err := lru.New[string, *Record](max(n, 1))
+	if err != nil {
+		panic(err) // only for a non-positive size
+	}
+	return &recordCache{lru: c}
 }
 
-func (c *lru) put(r *Record) {
-	k := key(r.Session.GetTenantId(), r.Session.GetId())
+func (c *recordCache) put(r *Record) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.index[k]; ok {
-		e.Value = r.Clone()
-		c.order.MoveToFront(e)
-		return
-	}
-	c.index[k] = c.order.PushFront(r.Clone())
-	for c.order.Len() > c.max {
-		last := c.order.Back()
-		c.order.Remove(last)
-		old := last.Value.(*Record)
-		delete(c.index, key(old.Session.GetTenantId(), old.Session.GetId()))
-	}
+	c.lru.Add(key(r.Session.GetTenantId(), r.Session.GetId()), r.Clone())
 }
 
-func (c *lru) get(tenantID, sessionID string) *Record {
+func (c *recordCache) get(tenantID, sessionID string) *Record {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.index[key(tenantID, sessionID)]; ok {
-		c.order.MoveToFront(e)
-		return e.Value.(*Record).Clone()
+	if r, ok := c.lru.Get(key(tenantID, sessionID)); ok {
+		return r.Clone()
 	}
 	return nil
 }
 
-// update applies fn to a cached record under the cache's lock (so two local
-// updates of one session cannot interleave) and keeps the result.
-func (c *lru) update(tenantID, sessionID string, fn func(*Record) error) (*Record, error) {
+// update applies fn to a cached record and keeps the result.
+func (c *recordCache) update(tenantID, sessionID string, fn func(*Record) error) (*Record, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.index[key(tenantID, sessionID)]
+	k := key(tenantID, sessionID)
+	cur, ok := c.lru.Get(k)
 	if !ok {
 		return nil, ErrUnavailable
 	}
-	next := e.Value.(*Record).Clone()
+	next := cur.Clone()
 	if err := fn(next); err != nil {
 		return nil, err
 	}
-	e.Value = next
-	c.order.MoveToFront(e)
+	c.lru.Add(k, next)
 	return next.Clone(), nil
 }
 

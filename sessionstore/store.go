@@ -9,6 +9,7 @@ package sessionstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -32,15 +33,34 @@ type Record struct {
 	EventSeq uint64
 	// Turn is the turn in flight, nil when idle.
 	Turn *Turn
+	// Unindexed marks a session not yet in its tenant's listing: one created
+	// while NATS was away, indexed by its first update once NATS is back.
+	Unindexed bool
 	// Revision is the store's version of this record, for compare-and-set.
 	Revision uint64
 }
 
-// Turn marks a session busy: one turn in flight per session, on any replica.
+// Turn is the lease of the turn in flight: one turn per session, on any
+// replica. The replica running it renews Expires while it runs; once
+// Expires has passed the replica is presumed dead and the next send closes
+// the turn from what was stored (sessionsvc).
 type Turn struct {
 	ID      string    `json:"id"`
 	Started time.Time `json:"started"`
 	Replica string    `json:"replica"`
+	// Expires is when the lease lapses unless renewed.
+	Expires time.Time `json:"expires"`
+	// FirstMessage is the transcript number of the turn's user message (its
+	// reply, if stored, is the next number).
+	FirstMessage int32 `json:"first_message"`
+	// EventCeiling is the highest event id reserved for this turn: its
+	// events take ids after the record's EventSeq up to the ceiling, so a
+	// turn that dies leaves ids no later turn can reuse.
+	EventCeiling uint64 `json:"event_ceiling"`
+	// Mode and Budget of the turn (soulv1 enum numbers), to bill what an
+	// interrupted turn served.
+	Mode   int32 `json:"mode,omitempty"`
+	Budget int32 `json:"budget,omitempty"`
 }
 
 // Clone returns a deep copy.
@@ -55,6 +75,11 @@ func (r *Record) Clone() *Record {
 }
 
 // Store keeps sessions and transcripts.
+//
+// A transcript is numbered: message n (0, 1, ...) of a session is stored at
+// most once, so a page is read by number in O(page), and the session's
+// message_count is the number of messages stored before the turn in flight
+// (whose messages, if any, are numbers message_count and message_count+1).
 type Store interface {
 	// Create stores a new session (ErrExists if its id is taken).
 	Create(ctx context.Context, s *sessionsv1.Session) (*Record, error)
@@ -66,19 +91,29 @@ type Store interface {
 	// compare-and-set, re-reading and re-applying fn on a concurrent change.
 	// fn may return an error to abort, which Update returns unchanged.
 	Update(ctx context.Context, tenantID, sessionID string, fn func(*Record) error) (*Record, error)
-	// AppendMessage durably adds a message to its session's transcript
-	// (idempotent by message id).
-	AppendMessage(ctx context.Context, tenantID string, m *sessionsv1.Message) error
-	// Messages returns a page of a transcript, oldest first, and the total.
-	Messages(ctx context.Context, tenantID, sessionID string, offset, limit int) ([]*sessionsv1.Message, int, error)
+	// AppendMessage durably stores m as message number n of its session's
+	// transcript. Storing the same message again is a no-op; a different
+	// message under a number already taken is ErrConflict.
+	AppendMessage(ctx context.Context, tenantID string, n int, m *sessionsv1.Message) error
+	// Messages returns the stored messages numbered from..to-1, oldest
+	// first (numbers with no message are left out).
+	Messages(ctx context.Context, tenantID, sessionID string, from, to int) ([]*sessionsv1.Message, error)
 }
 
-// LastMessages returns up to n of a session's newest messages, oldest first.
-func LastMessages(ctx context.Context, s Store, tenantID, sessionID string, n int) ([]*sessionsv1.Message, error) {
-	_, total, err := s.Messages(ctx, tenantID, sessionID, 0, 0)
-	if err != nil || total == 0 {
-		return nil, err
+// MaxMessagesRead bounds one Messages call (a page is at most 100).
+const MaxMessagesRead = 256
+
+// LastMessages returns up to n of a session's newest stored messages
+// before message number end, oldest first.
+func LastMessages(ctx context.Context, s Store, tenantID, sessionID string, end, n int) ([]*sessionsv1.Message, error) {
+	return s.Messages(ctx, tenantID, sessionID, max(end-n, 0), end)
+}
+
+// checkRange validates a Messages range.
+func checkRange(from, to int) (int, int, error) {
+	from = max(from, 0)
+	if to-from > MaxMessagesRead {
+		return 0, 0, fmt.Errorf("sessionstore: at most %d messages per read", MaxMessagesRead)
 	}
-	msgs, _, err := s.Messages(ctx, tenantID, sessionID, max(total-n, 0), n)
-	return msgs, err
+	return from, to, nil
 }

@@ -130,29 +130,43 @@ func TestStoreContract(t *testing.T) {
 				t.Errorf("turn = %+v", r.Turn)
 			}
 
-			// Transcript: ordered, paged, idempotent by message id.
-			for i := 0; i < 7; i++ {
-				m := &sessionsv1.Message{Id: fmt.Sprintf("m%d-%s", i, ids[2]), SessionId: ids[2], Role: sessionsv1.Role_ROLE_USER,
+			// Transcript: numbered, ranged, write-once per number.
+			msgAt := func(i int) *sessionsv1.Message {
+				return &sessionsv1.Message{Id: fmt.Sprintf("m%d-%s", i, ids[2]), SessionId: ids[2], Role: sessionsv1.Role_ROLE_USER,
 					Content: fmt.Sprintf("message %d", i), CreatedAt: timestamppb.New(base)}
-				if err := s.AppendMessage(ctx, tenantA, m); err != nil {
+			}
+			for i := 0; i < 7; i++ {
+				if i == 5 {
+					continue // a number with no message (a reply never stored)
+				}
+				if err := s.AppendMessage(ctx, tenantA, i, msgAt(i)); err != nil {
 					t.Fatal(err)
 				}
 				if i == 3 { // a retried append is not stored twice
-					if err := s.AppendMessage(ctx, tenantA, m); err != nil {
+					if err := s.AppendMessage(ctx, tenantA, i, msgAt(i)); err != nil {
 						t.Fatal(err)
 					}
 				}
 			}
-			msgs, total, err := s.Messages(ctx, tenantA, ids[2], 2, 3)
-			if err != nil || total != 7 || len(msgs) != 3 || msgs[0].GetContent() != "message 2" || msgs[2].GetContent() != "message 4" {
-				t.Fatalf("Messages(2,3) = %v total %d err %v", contents(msgs), total, err)
+			if err := s.AppendMessage(ctx, tenantA, 3, msgAt(9)); !errors.Is(err, sessionstore.ErrConflict) {
+				t.Errorf("another message under a taken number: %v, want ErrConflict", err)
 			}
-			last, err := sessionstore.LastMessages(ctx, s, tenantA, ids[2], 2)
-			if err != nil || len(last) != 2 || last[1].GetContent() != "message 6" {
+			msgs, err := s.Messages(ctx, tenantA, ids[2], 2, 5)
+			if err != nil || len(msgs) != 3 || msgs[0].GetContent() != "message 2" || msgs[2].GetContent() != "message 4" {
+				t.Fatalf("Messages(2,5) = %v err %v", contents(msgs), err)
+			}
+			if msgs, err := s.Messages(ctx, tenantA, ids[2], 4, 8); err != nil || len(msgs) != 2 || msgs[1].GetContent() != "message 6" {
+				t.Fatalf("Messages(4,8) over a missing number = %v err %v", contents(msgs), err)
+			}
+			last, err := sessionstore.LastMessages(ctx, s, tenantA, ids[2], 7, 2)
+			if err != nil || len(last) != 1 || last[0].GetContent() != "message 6" {
 				t.Errorf("LastMessages = %v %v", contents(last), err)
 			}
-			if msgs, total, err := s.Messages(ctx, tenantA, ids[3], 0, 50); err != nil || total != 0 || len(msgs) != 0 {
-				t.Errorf("empty transcript: %v %d %v", msgs, total, err)
+			if msgs, err := s.Messages(ctx, tenantA, ids[3], 0, 50); err != nil || len(msgs) != 0 {
+				t.Errorf("empty transcript: %v %v", msgs, err)
+			}
+			if _, err := s.Messages(ctx, tenantA, ids[3], 0, sessionstore.MaxMessagesRead+1); err == nil {
+				t.Error("an unbounded read was accepted")
 			}
 		})
 	}
@@ -170,7 +184,7 @@ func TestJetStreamSurvivesRestart(t *testing.T) {
 		if _, err := s.Create(ctx, sess); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AppendMessage(ctx, tenant, &sessionsv1.Message{Id: "m1", SessionId: sess.GetId(), Content: "kept"}); err != nil {
+		if err := s.AppendMessage(ctx, tenant, 0, &sessionsv1.Message{Id: "m1", SessionId: sess.GetId(), Content: "kept"}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -183,7 +197,7 @@ func TestJetStreamSurvivesRestart(t *testing.T) {
 	if err != nil || r.Session.GetId() != sess.GetId() {
 		t.Fatalf("after restart: %v %v", r, err)
 	}
-	msgs, _, err := s.Messages(ctx, tenant, sess.GetId(), 0, 10)
+	msgs, err := s.Messages(ctx, tenant, sess.GetId(), 0, 10)
 	if err != nil || len(msgs) != 1 || msgs[0].GetContent() != "kept" {
 		t.Fatalf("transcript after restart: %v %v", contents(msgs), err)
 	}

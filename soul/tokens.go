@@ -117,3 +117,7 @@ func pickHash(message string, mode soulv1.Mode, budget soulv1.Budget) uint64 {
 func pick(choices []string, selector uint64) string {
 	return choices[selector%uint64(len(choices))]
 }
+
+// EstimateTokens estimates the tokens of a text the way replies without a
+// provider's usage report are counted (about 4 tokens per 3 words).
+func EstimateTokens(text string) int { return estimateTokens(countWords(text)) }

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sony/gobreaker/v2"
+	"github.com/failsafe-go/failsafe-go/circuitbreaker"
 )
 
 // errExcluded marks a publish outcome the breaker must not count: the
@@ -13,151 +13,158 @@ import (
 // or the message itself was refused.
 var errExcluded = errors.New("not counted by the circuit breaker")
 
-// errForcedTrip is the synthetic failure used to open a fresh breaker.
-var errForcedTrip = errors.New("forced open")
+// breakerState is the breaker's state as the publisher sees it (stateOf
+// maps failsafe-go's).
+type breakerState int
 
-// breaker wraps a gobreaker.TwoStepCircuitBreaker (two-step because acks
-// arrive asynchronously) with the one transition gobreaker has no API for:
-// a NATS reconnect moves the breaker straight to half-open.
+const (
+	stateClosed breakerState = iota
+	stateHalfOpen
+	stateOpen
+)
+
+// errProbesOut: half-open, and all its probes are out.
+var errProbesOut = errors.New("circuit breaker half-open: probes already out")
+
+// breaker is the publish circuit breaker of SPEC §4.9 on a failsafe-go
+// circuit breaker: count based, BreakerFailures consecutive failures open
+// it for BreakerOpen, then BreakerHalfOpenSuccesses consecutive successes
+// close it and any failure opens it again; a NATS reconnect moves it
+// straight to half-open (failsafe-go's HalfOpen). Outcomes are reported
+// after the fact (acks arrive asynchronously), with TryAcquirePermit's
+// counterpart RecordSuccess/RecordFailure.
 //
-// gobreaker's state is private and has no setter, so reconnect replaces the
-// instance with a "probe" instance built to start probing: it is opened by
-// one forced failure (ReadyToTrip returns true while b.forcing is set) and
-// has an open Timeout of 1ns, so its very next State/Allow call moves it to
-// gobreaker's own half-open state. From there gobreaker's logic applies
-// unchanged (MaxRequests probes, HalfOpenSuccesses consecutive successes
-// close it). The probe instance's 1ns timeout must not be used for a real
-// open period, so the moment the probe instance opens again (a failed probe,
-// or later 5 failures once closed) it is replaced by a regular instance,
-// force-opened the same way, which stays open for the configured period.
-// Requests admitted by a replaced instance report to that old instance,
-// which ignores them as far as we are concerned (its callbacks are dropped),
-// exactly like gobreaker's own generations.
+// What this type adds to failsafe-go, because failsafe-go has no way to say
+// it: outcomes that must not count (errExcluded), which in half-open also
+// give their probe slot back — failsafe-go only releases a half-open permit
+// by recording a result, so the probes are admitted here (at most
+// BreakerHalfOpenSuccesses out at once) — and
+// generations: an outcome of a publish admitted before the last state
+// change is ignored (failsafe-go would count a late
+// failure of the old closed state as a failed probe).
 //
-// Every call into the current instance happens under b.mu, so the swap is
-// atomic with respect to Allow and done; OnStateChange runs inside those
-// calls, with b.mu held.
+// Every call into cb happens under b.mu; failsafe-go calls the state
+// listener (changed) outside its own lock, inside that call, so with b.mu
+// held.
 type breaker struct {
 	failures uint32
 	open     time.Duration
 	probes   uint32
-	onChange func(from, to gobreaker.State) // called with b.mu held: must not block or call b
+	onChange func(from, to breakerState) // called with b.mu held: must not block or call b
 
-	mu       sync.Mutex
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
-	probe    bool
-	forcing  bool
-	quiet    bool
-	eff      gobreaker.State
-	lastFail time.Time
-	lastErr  string
-	total    uint64
+	mu          sync.Mutex
+	cb          circuitbreaker.CircuitBreaker[any]
+	gen         uint64 // bumped by every state change
+	probing     uint32 // half-open: probes admitted, less the excluded ones
+	consecutive uint32 // failures in a row in the current state
+	lastFail    time.Time
+	lastErr     string
+	total       uint64
 }
 
-func newBreaker(failures int, open time.Duration, halfOpenSuccesses int, onChange func(from, to gobreaker.State)) *breaker {
+func newBreaker(failures int, open time.Duration, halfOpenSuccesses int, onChange func(from, to breakerState)) *breaker {
 	b := &breaker{failures: uint32(failures), open: open, probes: uint32(halfOpenSuccesses), onChange: onChange}
-	b.cb = b.newInstance(false)
-	b.eff = gobreaker.StateClosed
+	b.cb = circuitbreaker.NewBuilder[any]().
+		WithFailureThreshold(uint(failures)).
+		WithDelay(open).
+		WithSuccessThreshold(uint(halfOpenSuccesses)).
+		OnStateChanged(b.changed).
+		Build()
 	return b
 }
 
-func (b *breaker) newInstance(probe bool) *gobreaker.TwoStepCircuitBreaker[struct{}] {
-	timeout := b.open
-	if probe {
-		timeout = time.Nanosecond
-	}
-	var self *gobreaker.TwoStepCircuitBreaker[struct{}]
-	self = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        "nats-publish",
-		MaxRequests: b.probes,
-		Timeout:     timeout,
-		ReadyToTrip: func(c gobreaker.Counts) bool {
-			return b.forcing || c.ConsecutiveFailures >= b.failures
-		},
-		IsExcluded:    func(err error) bool { return errors.Is(err, errExcluded) },
-		OnStateChange: func(_ string, from, to gobreaker.State) { b.changed(self, from, to) },
-	})
-	return self
-}
-
-// changed runs with b.mu held, inside inst's own lock.
-func (b *breaker) changed(inst *gobreaker.TwoStepCircuitBreaker[struct{}], _, to gobreaker.State) {
-	if inst != b.cb {
-		return // a replaced instance
-	}
-	if b.probe && to == gobreaker.StateOpen && !b.forcing {
-		b.probe = false
-		b.cb = b.newInstance(false)
-		b.trip()
-		return
-	}
-	b.setEff(to)
-}
-
-func (b *breaker) setEff(s gobreaker.State) {
-	if s == b.eff {
-		return
-	}
-	from := b.eff
-	b.eff = s
-	if !b.quiet && b.onChange != nil {
-		b.onChange(from, s)
+// changed is failsafe-go's state listener. b.mu held.
+func (b *breaker) changed(e circuitbreaker.StateChangedEvent) {
+	b.gen++
+	b.probing = 0
+	b.consecutive = 0
+	if b.onChange != nil {
+		b.onChange(stateOf(e.OldState), stateOf(e.NewState))
 	}
 }
 
-// trip opens the current (fresh, closed) instance. b.mu held.
-func (b *breaker) trip() {
-	b.forcing = true
-	if done, err := b.cb.Allow(); err == nil {
-		done(errForcedTrip)
+// current moves an open breaker whose delay is over to half-open (failsafe-go
+// does it only when a permit is asked for) and returns its state. b.mu held.
+func (b *breaker) current() circuitbreaker.State {
+	st := b.cb.State()
+	if st == circuitbreaker.OpenState && b.cb.RemainingDelay() == 0 {
+		b.cb.HalfOpen()
+		st = b.cb.State()
 	}
-	b.forcing = false
+	return st
 }
 
 // allow asks whether a publish may go ahead; done reports its outcome (nil,
-// an error, or an error wrapping errExcluded).
+// an error, or an error wrapping errExcluded). The error is
+// circuitbreaker.ErrOpen when open, errProbesOut when half-open with all
+// its probes out.
 func (b *breaker) allow() (func(error), error) {
 	b.mu.Lock()
-	done, err := b.cb.Allow()
-	b.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
-	return func(e error) {
-		b.mu.Lock()
-		if e != nil && !errors.Is(e, errExcluded) {
-			b.lastFail = time.Now()
-			b.lastErr = e.Error()
-			b.total++
+	defer b.mu.Unlock()
+	switch b.current() {
+	case circuitbreaker.OpenState:
+		return nil, circuitbreaker.ErrOpen
+	case circuitbreaker.HalfOpenState:
+		if b.probing >= b.probes {
+			return nil, errProbesOut
 		}
-		done(e)
-		b.mu.Unlock()
-	}, nil
+		b.probing++
+	}
+	gen := b.gen
+	return func(e error) { b.done(gen, e) }, nil
 }
 
-// state is gobreaker's state (moving open to half-open once the timeout passed).
-func (b *breaker) state() gobreaker.State {
+func (b *breaker) done(gen uint64, e error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.cb.State()
+	excluded := errors.Is(e, errExcluded)
+	if e != nil && !excluded {
+		b.lastFail = time.Now()
+		b.lastErr = e.Error()
+		b.total++
+	}
+	if gen != b.gen {
+		return // admitted before the last state change
+	}
+	switch {
+	case excluded:
+		if b.cb.State() == circuitbreaker.HalfOpenState {
+			b.probing--
+		}
+	case e == nil:
+		b.consecutive = 0
+		b.cb.RecordSuccess()
+	default:
+		b.consecutive++
+		b.cb.RecordFailure()
+	}
+}
+
+// state is the breaker's state (moving open to half-open once the delay
+// is over).
+func (b *breaker) state() breakerState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return stateOf(b.current())
 }
 
 // reconnect moves the breaker to half-open (unless it is half-open already).
 func (b *breaker) reconnect() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cb.State() == gobreaker.StateHalfOpen {
-		return
+	if b.current() != circuitbreaker.HalfOpenState {
+		b.cb.HalfOpen()
 	}
-	prev := b.eff
-	b.quiet = true
-	b.probe = true
-	b.cb = b.newInstance(true)
-	b.trip()
-	_ = b.cb.State() // the 1ns open period is over: half-open
-	b.quiet = false
-	if b.eff != prev && b.onChange != nil {
-		b.onChange(prev, b.eff)
+}
+
+func stateOf(s circuitbreaker.State) breakerState {
+	switch s {
+	case circuitbreaker.OpenState:
+		return stateOpen
+	case circuitbreaker.HalfOpenState:
+		return stateHalfOpen
+	default:
+		return stateClosed
 	}
 }
 
@@ -179,11 +186,11 @@ type BreakerHealth struct {
 	HalfOpenSuccesses int `json:"half_open_successes"`
 }
 
-func stateName(s gobreaker.State) string {
+func stateName(s breakerState) string {
 	switch s {
-	case gobreaker.StateOpen:
+	case stateOpen:
 		return "open"
-	case gobreaker.StateHalfOpen:
+	case stateHalfOpen:
 		return "half_open"
 	default:
 		return "closed"
@@ -191,11 +198,11 @@ func stateName(s gobreaker.State) string {
 }
 
 // stateGauge is kgents_nats_circuit_state's value: 0 closed, 1 open, 2 half_open.
-func stateGauge(s gobreaker.State) float64 {
+func stateGauge(s breakerState) float64 {
 	switch s {
-	case gobreaker.StateOpen:
+	case stateOpen:
 		return 1
-	case gobreaker.StateHalfOpen:
+	case stateHalfOpen:
 		return 2
 	default:
 		return 0
@@ -205,10 +212,9 @@ func stateGauge(s gobreaker.State) float64 {
 func (b *breaker) health() BreakerHealth {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	st := b.cb.State()
 	h := BreakerHealth{
-		State:             stateName(st),
-		Failures:          b.cb.Counts().ConsecutiveFailures,
+		State:             stateName(stateOf(b.current())),
+		Failures:          b.consecutive,
 		TotalFailures:     b.total,
 		LastError:         b.lastErr,
 		FailureThreshold:  int(b.failures),

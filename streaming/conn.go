@@ -37,9 +37,15 @@ const (
 	ModeExternal Mode = "external"
 )
 
-// MinServerVersion is the oldest external NATS kgentsd works with (KV key
-// filters and create-or-update of streams need 2.10).
-const MinServerVersion = "2.10.0"
+// MinServerVersion is the oldest external NATS kgentsd works with. Every
+// read of stored messages is a batched direct get (batch, multi_last:
+// direct.go), which arrived in 2.11; a 2.10 server ignores the batch and
+// never sends the end-of-batch marker, so each history page or watch
+// catch-up would wait out DirectReadTimeout and fail (measured against
+// nats-server v2.10.27). Refusing 2.10 is simpler and safer than a second,
+// per-message read path that would cost O(page) round trips and be tested
+// on no server we deploy.
+const MinServerVersion = "2.11.0"
 
 // Options configure Connect.
 type Options struct {
@@ -66,6 +72,9 @@ type Conn struct {
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	embedded *server.Server
+	// storeRelease unlocks the embedded server's store (after its shutdown).
+	storeRelease func()
+	embeddedStop sync.Once
 
 	closing     atomic.Bool
 	mu          sync.Mutex
@@ -109,8 +118,13 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 			c.fire(false)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			c.log.Info("nats reconnected", "server", c.serverName(nc))
-			_ = c.checkVersion(nc) // logs and marks the connection unusable
+			c.log.Info("nats reconnected", "server", c.serverName(nc), "version", nc.ConnectedServerVersion())
+			// Perhaps to another server of the list: check it again. An
+			// incompatible one is not used (no OnConnect hooks: no streams
+			// are created on it); kgentsd stays in fallback mode.
+			if c.checkVersion(nc) != nil {
+				return
+			}
 			c.fire(true)
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
@@ -124,12 +138,12 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 
 	var url string
 	if len(o.Servers) == 0 {
-		srv, err := startEmbedded(o, c.log)
+		srv, release, err := startEmbedded(o, c.log)
 		if err != nil {
 			return nil, err
 		}
 		c.mode = ModeEmbedded
-		c.embedded = srv
+		c.embedded, c.storeRelease = srv, release
 		opts = append(opts, nats.InProcessServer(srv))
 	} else {
 		c.mode = ModeExternal
@@ -147,6 +161,11 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 		select {
 		case connected <- struct{}{}:
 		default:
+		}
+		// The first connection may come long after Connect returned (a
+		// degraded start): check the server here too, not only at start.
+		if c.checkVersion(nc) != nil {
+			return
 		}
 		c.fire(true)
 	}))
@@ -172,7 +191,7 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 		select {
 		case <-connected:
 		case <-t.C:
-			c.log.Warn("nats not reachable yet; starting degraded and retrying in the background", "servers", redactServers(o.Servers))
+			c.log.Warn("nats not reachable yet; starting degraded and retrying in the background", "servers", RedactServers(o.Servers))
 		case <-ctx.Done():
 			nc.Close()
 			return nil, ctx.Err()
@@ -190,8 +209,136 @@ func Connect(ctx context.Context, o Options) (*Conn, error) {
 		c.Close(context.Background())
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	c.js = js
+	c.js = guardedJetStream{JetStream: js, c: c}
 	return c, nil
+}
+
+// ErrIncompatibleServer is returned by the JetStream context of a Conn
+// connected to a server older than MinServerVersion, for every call that
+// would create or change a stream, bucket or object store, or publish.
+var ErrIncompatibleServer = errors.New("nats: the connected NATS server is older than " + MinServerVersion + "; kgentsd does not use it")
+
+// guardedJetStream is the JetStream context every user of the Conn gets. On
+// an incompatible server it refuses to create or change resources and to
+// publish (ErrIncompatibleServer), whoever calls it and whenever: the
+// connection callbacks and Connected already keep kgentsd's own start-up
+// work away from such a server, this keeps away any lazily created bucket
+// or direct publish too.
+type guardedJetStream struct {
+	jetstream.JetStream
+	c *Conn
+}
+
+// errChangeWhileDisconnected refuses a resource change while not connected:
+// the client would buffer the request and send it to whichever server it
+// reaches next, before anyone has checked that server's version.
+var errChangeWhileDisconnected = errors.New("nats: not connected; streams and buckets are created once connected")
+
+// refuseChange guards creating or changing resources: a compatible server,
+// connected now.
+func (g guardedJetStream) refuseChange() error {
+	if nc := g.c.nc; nc != nil && !nc.IsConnected() {
+		return errChangeWhileDisconnected
+	}
+	return g.refuse()
+}
+
+func (g guardedJetStream) refuse() error {
+	if nc := g.c.nc; nc != nil && !serverVersionOK(nc.ConnectedServerVersion()) {
+		return ErrIncompatibleServer
+	}
+	return nil
+}
+
+func (g guardedJetStream) Publish(ctx context.Context, subj string, data []byte, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if err := g.refuse(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.Publish(ctx, subj, data, opts...)
+}
+
+func (g guardedJetStream) PublishMsg(ctx context.Context, m *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if err := g.refuse(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.PublishMsg(ctx, m, opts...)
+}
+
+func (g guardedJetStream) PublishAsync(subj string, data []byte, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if err := g.refuse(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.PublishAsync(subj, data, opts...)
+}
+
+func (g guardedJetStream) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if err := g.refuse(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.PublishMsgAsync(m, opts...)
+}
+
+func (g guardedJetStream) CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateStream(ctx, cfg)
+}
+
+func (g guardedJetStream) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.UpdateStream(ctx, cfg)
+}
+
+func (g guardedJetStream) CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateOrUpdateStream(ctx, cfg)
+}
+
+func (g guardedJetStream) CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateKeyValue(ctx, cfg)
+}
+
+func (g guardedJetStream) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.UpdateKeyValue(ctx, cfg)
+}
+
+func (g guardedJetStream) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
+}
+
+func (g guardedJetStream) CreateObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateObjectStore(ctx, cfg)
+}
+
+func (g guardedJetStream) UpdateObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.UpdateObjectStore(ctx, cfg)
+}
+
+func (g guardedJetStream) CreateOrUpdateObjectStore(ctx context.Context, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
+	if err := g.refuseChange(); err != nil {
+		return nil, err
+	}
+	return g.JetStream.CreateOrUpdateObjectStore(ctx, cfg)
 }
 
 // serverName is the connected server for logs (the embedded server is
@@ -203,17 +350,44 @@ func (c *Conn) serverName(nc *nats.Conn) string {
 	return nc.ConnectedUrlRedacted()
 }
 
-// checkVersion refuses servers older than MinServerVersion.
+// checkVersion refuses servers older than MinServerVersion: it logs at
+// ERROR and records the refusal (Status). It runs on every connection and
+// reconnection; Connected also checks the live server on every call, so the
+// moments before this callback runs cannot use an incompatible server either.
 func (c *Conn) checkVersion(nc *nats.Conn) error {
 	v := nc.ConnectedServerVersion()
-	if v == "" || versionAtLeast(v, MinServerVersion) {
+	if serverVersionOK(v) {
 		c.incompatErr.Store(nil)
 		return nil
 	}
-	msg := fmt.Sprintf("NATS server %s is too old: kgentsd needs %s or newer", v, MinServerVersion)
+	msg := incompatibleMessage(v)
 	c.incompatErr.Store(&msg)
-	c.log.Error(msg)
+	c.log.Error(msg+"; kgentsd does not use it (no streams created, nothing published) and stays in fallback mode", "server", c.serverName(nc))
 	return errors.New(msg)
+}
+
+func incompatibleMessage(v string) string {
+	return fmt.Sprintf("NATS server %s is too old: kgentsd needs %s or newer", v, MinServerVersion)
+}
+
+// lastGoodVersion caches the last server version serverVersionOK accepted,
+// so the per-call check of Connected is a string comparison.
+var lastGoodVersion atomic.Pointer[string]
+
+// serverVersionOK reports whether a connected server's version is one
+// kgentsd uses ("" — not connected — is not a refusal).
+func serverVersionOK(v string) bool {
+	if v == "" {
+		return true
+	}
+	if good := lastGoodVersion.Load(); good != nil && *good == v {
+		return true
+	}
+	if !versionAtLeast(v, MinServerVersion) {
+		return false
+	}
+	lastGoodVersion.Store(&v)
+	return true
 }
 
 // versionAtLeast compares dotted versions numerically ("2.9.25" < "2.10.0").
@@ -273,9 +447,10 @@ func (c *Conn) NATS() *nats.Conn { return c.nc }
 // JetStream is the JetStream context; nil when disabled.
 func (c *Conn) JetStream() jetstream.JetStream { return c.js }
 
-// Connected reports whether the connection is up (and the server compatible).
+// Connected reports whether the connection is up and the server it is
+// connected to right now is compatible (MinServerVersion).
 func (c *Conn) Connected() bool {
-	return c.nc != nil && c.nc.IsConnected() && c.incompatErr.Load() == nil
+	return c.nc != nil && c.nc.IsConnected() && serverVersionOK(c.nc.ConnectedServerVersion())
 }
 
 // ClientURL is where other processes reach the embedded server ("" otherwise).
@@ -292,7 +467,10 @@ type Status struct {
 	Connected bool   `json:"connected"`
 	Server    string `json:"server,omitempty"`
 	Version   string `json:"version,omitempty"`
-	Error     string `json:"error,omitempty"`
+	// Incompatible: connected to a server kgentsd refuses to use (older
+	// than MinServerVersion); Error says so.
+	Incompatible bool   `json:"incompatible,omitempty"`
+	Error        string `json:"error,omitempty"`
 }
 
 // Status reports the connection's state.
@@ -305,9 +483,13 @@ func (c *Conn) Status() Status {
 	if c.nc.IsConnected() {
 		s.Server = c.serverName(c.nc)
 		s.Version = c.nc.ConnectedServerVersion()
+		if !serverVersionOK(s.Version) {
+			s.Incompatible, s.Error = true, incompatibleMessage(s.Version)
+			return s
+		}
 	}
-	if e := c.incompatErr.Load(); e != nil {
-		s.Error = *e
+	if e := c.incompatErr.Load(); e != nil && !s.Connected {
+		s.Error = *e // the last server reached was refused
 	} else if err := c.nc.LastError(); err != nil && !s.Connected {
 		s.Error = err.Error()
 	}
@@ -315,7 +497,10 @@ func (c *Conn) Status() Status {
 }
 
 // Close drains the connection (flushing pending publishes) and stops the
-// embedded server. It honours ctx's deadline.
+// embedded server. It honours ctx's deadline: an embedded server still
+// shutting down then is left to finish while the process lives (a process
+// that exits first leaves its store as a crash would, and JetStream
+// recovers it at the next start).
 func (c *Conn) Close(ctx context.Context) {
 	c.closing.Store(true)
 	if c.nc != nil {
@@ -331,15 +516,32 @@ func (c *Conn) Close(ctx context.Context) {
 			}
 		}
 	}
-	c.shutdownEmbedded()
+	if c.embedded == nil && c.storeRelease == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.shutdownEmbedded()
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		c.log.Warn("the embedded NATS server is still shutting down at the deadline; not waiting for it")
+	}
 }
 
+// shutdownEmbedded stops the embedded server and releases its store, once.
 func (c *Conn) shutdownEmbedded() {
-	if c.embedded != nil {
-		c.embedded.Shutdown()
-		c.embedded.WaitForShutdown()
-		c.embedded = nil
-	}
+	c.embeddedStop.Do(func() {
+		if c.embedded != nil {
+			c.embedded.Shutdown()
+			c.embedded.WaitForShutdown()
+		}
+		if c.storeRelease != nil {
+			c.storeRelease()
+		}
+	})
 }
 
 func securityOptions(o Options) ([]nats.Option, error) {
@@ -375,8 +577,8 @@ func securityOptions(o Options) ([]nats.Option, error) {
 	return opts, nil
 }
 
-// redactServers hides credentials embedded in server URLs.
-func redactServers(servers []string) []string {
+// RedactServers hides credentials embedded in server URLs (for logs and errors).
+func RedactServers(servers []string) []string {
 	out := make([]string, len(servers))
 	for i, s := range servers {
 		if at := strings.LastIndex(s, "@"); at >= 0 {

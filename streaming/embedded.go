@@ -15,13 +15,26 @@ import (
 // be reachable from outside the host. kgentsd itself talks to it in process,
 // without a socket; the port is there for `nats sub` and for a second local
 // kgentsd.
-func startEmbedded(o Options, log *slog.Logger) (*server.Server, error) {
+//
+// Before anything else it locks the store directory (LockDir): a second
+// process on the same store must refuse before it starts a server on it.
+// The caller calls release after the server has shut down.
+func startEmbedded(o Options, log *slog.Logger) (_ *server.Server, release func(), err error) {
 	if o.StoreDir == "" {
-		return nil, fmt.Errorf("embedded NATS needs a store directory (KGENTS_DATA_DIR)")
+		return nil, nil, fmt.Errorf("embedded NATS needs a store directory (KGENTS_DATA_DIR)")
 	}
 	if err := os.MkdirAll(o.StoreDir, 0o750); err != nil {
-		return nil, fmt.Errorf("embedded NATS store %s: %w", o.StoreDir, err)
+		return nil, nil, fmt.Errorf("embedded NATS store %s: %w", o.StoreDir, err)
 	}
+	release, err = LockDir(o.StoreDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("embedded NATS store: %w: is another kgentsd running on this KGENTS_DATA_DIR?", err)
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	port := o.EmbeddedPort
 	if port == 0 {
 		port = 4223
@@ -39,16 +52,17 @@ func startEmbedded(o Options, log *slog.Logger) (*server.Server, error) {
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("embedded NATS: %w", err)
+		return nil, nil, fmt.Errorf("embedded NATS: %w", err)
 	}
 	srv.SetLoggerV2(natsLogger{log: log.With("component", "nats-server")}, false, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(15 * time.Second) {
 		srv.Shutdown()
-		return nil, fmt.Errorf("embedded NATS did not start on 127.0.0.1:%d (is the port taken? set NATS_EMBEDDED_PORT)", port)
+		srv.WaitForShutdown()
+		return nil, nil, fmt.Errorf("embedded NATS did not start on 127.0.0.1:%d (is the port taken? set NATS_EMBEDDED_PORT)", port)
 	}
 	log.Info("embedded NATS started", "url", srv.ClientURL(), "store", opts.StoreDir)
-	return srv, nil
+	return srv, release, nil
 }
 
 // natsLogger routes nats-server's log lines to slog. Notices are debug: the

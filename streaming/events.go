@@ -1,7 +1,6 @@
 package streaming
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -9,11 +8,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kgents/kgents-go/apijson"
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
-	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 )
 
 // Session events on NATS (SPEC §4.9): subject kgent.session.<session>.<type>
@@ -34,26 +33,42 @@ func SessionSubject(sessionID, eventType string) string {
 // SessionFilter matches every event of a session.
 func SessionFilter(sessionID string) string { return SessionRoot + "." + sessionID + ".>" }
 
-// EventType names an event's payload: message, chunk, complete, error,
-// mode, reset, end.
+// The event's payload is SessionEvent's oneof "payload"; the name of the
+// field set (message, chunk, complete, error, mode, reset, end) is the event's
+// type: its SSE event name, the last token of its NATS subject and the
+// envelope's "type". Reading it through protobuf reflection keeps one list of
+// event types, the .proto's.
+var payloadOneof = (&sessionsv1.SessionEvent{}).ProtoReflect().Descriptor().Oneofs().ByName("payload")
+
+// EventType names an event's payload ("unknown" when it has none).
 func EventType(ev *sessionsv1.SessionEvent) string {
-	switch ev.GetPayload().(type) {
-	case *sessionsv1.SessionEvent_Message:
-		return "message"
-	case *sessionsv1.SessionEvent_Chunk:
-		return "chunk"
-	case *sessionsv1.SessionEvent_Complete:
-		return "complete"
-	case *sessionsv1.SessionEvent_Error:
-		return "error"
-	case *sessionsv1.SessionEvent_Mode:
-		return "mode"
-	case *sessionsv1.SessionEvent_Reset_:
-		return "reset"
-	case *sessionsv1.SessionEvent_End:
-		return "end"
+	if fd := ev.ProtoReflect().WhichOneof(payloadOneof); fd != nil {
+		return string(fd.Name())
 	}
 	return "unknown"
+}
+
+// eventPayload is the message in an event's payload (nil when it has none).
+func eventPayload(ev *sessionsv1.SessionEvent) proto.Message {
+	m := ev.ProtoReflect()
+	fd := m.WhichOneof(payloadOneof)
+	if fd == nil {
+		return nil
+	}
+	return m.Get(fd).Message().Interface()
+}
+
+// newEventPayload sets an empty payload of type typ on ev and returns it
+// for decoding into.
+func newEventPayload(ev *sessionsv1.SessionEvent, typ string) (proto.Message, bool) {
+	fd := payloadOneof.Fields().ByName(protoreflect.Name(typ))
+	if fd == nil {
+		return nil, false
+	}
+	m := ev.ProtoReflect()
+	v := m.NewField(fd)
+	m.Set(fd, v)
+	return v.Message().Interface(), true
 }
 
 // EventSeq is an event's position in its session (its id as a number).
@@ -80,44 +95,28 @@ type wireEvent struct {
 
 // EncodeEvent renders an event for NATS.
 func EncodeEvent(tenantID string, ev *sessionsv1.SessionEvent) ([]byte, error) {
-	var payload proto.Message
-	switch p := ev.GetPayload().(type) {
-	case *sessionsv1.SessionEvent_Message:
-		payload = p.Message
-	case *sessionsv1.SessionEvent_Chunk:
-		payload = p.Chunk
-	case *sessionsv1.SessionEvent_Complete:
-		payload = p.Complete
-	case *sessionsv1.SessionEvent_Error:
-		payload = p.Error
-	case *sessionsv1.SessionEvent_Mode:
-		payload = p.Mode
-	case *sessionsv1.SessionEvent_Reset_:
-		payload = p.Reset_
-	case *sessionsv1.SessionEvent_End:
-		payload = p.End
-	default:
+	payload := eventPayload(ev)
+	if payload == nil {
 		return nil, fmt.Errorf("session event %s has no payload", ev.GetId())
 	}
 	ts := ev.GetTime().AsTime()
 	if ev.GetTime() == nil {
 		ts = time.Now()
 	}
-	var b bytes.Buffer
-	b.WriteString(`{"type":`)
-	b.Write(strconv.AppendQuote(nil, EventType(ev)))
-	b.WriteString(`,"id":`)
-	b.Write(strconv.AppendQuote(nil, ev.GetId()))
-	b.WriteString(`,"session_id":`)
-	b.Write(strconv.AppendQuote(nil, ev.GetSessionId()))
-	b.WriteString(`,"tenant_id":`)
-	b.Write(strconv.AppendQuote(nil, tenantID))
-	b.WriteString(`,"timestamp":`)
-	b.Write(apijson.AppendTimestamp(nil, ts))
-	b.WriteString(`,"data":`)
-	b.Write(apijson.AppendMessage(nil, payload))
-	b.WriteByte('}')
-	return b.Bytes(), nil
+	b := make([]byte, 0, 160)
+	b = append(b, `{"type":`...)
+	b = apijson.AppendString(b, EventType(ev))
+	b = append(b, `,"id":`...)
+	b = apijson.AppendString(b, ev.GetId())
+	b = append(b, `,"session_id":`...)
+	b = apijson.AppendString(b, ev.GetSessionId())
+	b = append(b, `,"tenant_id":`...)
+	b = apijson.AppendString(b, tenantID)
+	b = append(b, `,"timestamp":`...)
+	b = apijson.AppendTimestamp(b, ts)
+	b = append(b, `,"data":`...)
+	b = apijson.AppendMessage(b, payload)
+	return append(b, '}'), nil
 }
 
 // DecodeEvent reads an event published by EncodeEvent.
@@ -130,30 +129,8 @@ func DecodeEvent(b []byte) (tenantID string, ev *sessionsv1.SessionEvent, err er
 	if t, err := time.Parse(time.RFC3339Nano, w.Timestamp); err == nil {
 		ev.Time = timestamppb.New(t)
 	}
-	var target proto.Message
-	switch w.Type {
-	case "message":
-		m := &sessionsv1.MessageEvent{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Message{Message: m}, m
-	case "chunk":
-		m := &soulv1.DialogueChunk{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Chunk{Chunk: m}, m
-	case "complete":
-		m := &soulv1.DialogueComplete{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Complete{Complete: m}, m
-	case "error":
-		m := &soulv1.DialogueError{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Error{Error: m}, m
-	case "mode":
-		m := &sessionsv1.ModeEvent{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Mode{Mode: m}, m
-	case "reset":
-		m := &sessionsv1.ResetEvent{}
-		ev.Payload, target = &sessionsv1.SessionEvent_Reset_{Reset_: m}, m
-	case "end":
-		m := &sessionsv1.EndEvent{}
-		ev.Payload, target = &sessionsv1.SessionEvent_End{End: m}, m
-	default:
+	target, ok := newEventPayload(ev, w.Type)
+	if !ok {
 		return "", nil, fmt.Errorf("session event of unknown type %q", w.Type)
 	}
 	if err := apijson.Unmarshal(w.Data, target); err != nil {
@@ -179,5 +156,7 @@ func EventsStreamConfig(replicas int) jetstream.StreamConfig {
 		Replicas:    max(replicas, 1),
 		Duplicates:  2 * time.Minute,
 		MaxMsgSize:  256 << 10,
+		// History is read with direct gets (direct.go), not consumers.
+		AllowDirect: true,
 	}
 }

@@ -1,11 +1,12 @@
 package streaming
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"time"
+	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -36,11 +37,26 @@ func NewHistory(js jetstream.JetStream, tp trace.TracerProvider) *History {
 var ErrNoHistory = errors.New("session history is unavailable")
 
 // Replay calls deliver for each retained event of the session newer than
-// after, in order, until it has caught up with what the stream holds. If
-// after is set but the events just after it are no longer retained, onReset
-// runs first, reset is true and every retained event is delivered. last is
-// the id of the last event delivered.
-func (h *History) Replay(ctx context.Context, sessionID string, after uint64, onReset func() error, deliver func(*sessionsv1.SessionEvent) error) (reset bool, last uint64, err error) {
+// after, in order, until it has caught up with what the stream holds. A
+// reset — onReset runs first, reset is true, last restarts at 0 and every
+// retained event is delivered — happens when after is set and either the
+// events just after it are no longer retained, or after is beyond both the
+// newest retained event and known (the newest id the caller knows the
+// session has reached: an id the session never had). last is the id of the
+// last event delivered.
+//
+// Events are delivered in id order even when they were stored out of it:
+// a replica whose publishes were spooled through a NATS outage stores them
+// after events other replicas published meanwhile. Replay reads from
+// ReorderWindow ids before `after` and holds back up to ReorderHold events
+// until the ids before them have been read; what is still missing when the
+// read ends is delivered after the gap (the caller decides whether to wait
+// for it, see sessionsvc).
+//
+// It reads with direct gets (no consumer): a bisection over the stream's
+// sequence finds where to start in O(log n) requests, then batches of
+// DirectBatch events follow, each bounded by ctx and DirectReadTimeout.
+func (h *History) Replay(ctx context.Context, sessionID string, after, known uint64, onReset func() error, deliver func(*sessionsv1.SessionEvent) error) (reset bool, last uint64, err error) {
 	if h == nil || h.js == nil {
 		return false, after, ErrNoHistory
 	}
@@ -59,75 +75,184 @@ func (h *History) Replay(ctx context.Context, sessionID string, after uint64, on
 		}
 		span.End()
 	}()
-	stream, err := h.js.Stream(ctx, EventsStream)
+	start, reset, err := h.startOf(ctx, sessionID, after, known)
 	if err != nil {
-		return false, after, fmt.Errorf("%w: %w", ErrNoHistory, err)
-	}
-	filter := SessionFilter(sessionID)
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(filter))
-	if err != nil {
-		return false, after, fmt.Errorf("%w: %w", ErrNoHistory, err)
-	}
-	var total uint64
-	for _, n := range info.State.Subjects {
-		total += n
-	}
-	if total == 0 {
-		return false, after, nil
-	}
-	cons, err := h.js.OrderedConsumer(ctx, EventsStream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{filter},
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		return false, after, fmt.Errorf("%w: %w", ErrNoHistory, err)
+		return false, after, err
 	}
 	last = after
-	first := true
-	for {
-		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			return reset, last, fmt.Errorf("%w: %w", ErrNoHistory, err)
-		}
-		n := 0
-		caughtUp := false
-		for msg := range batch.Messages() {
-			n++
-			meta, merr := msg.Metadata()
-			_, ev, derr := DecodeEvent(msg.Data())
-			if derr != nil {
-				continue // not ours to judge: skip what cannot be read
+	if reset {
+		last = 0
+		if onReset != nil {
+			if err := onReset(); err != nil {
+				return reset, last, err
 			}
-			seq := EventSeq(ev)
-			if first {
-				first = false
-				reset = after > 0 && seq > after+1
-				if reset {
-					last = 0
-					if onReset != nil {
-						if err := onReset(); err != nil {
-							return reset, last, err
-						}
-					}
-				}
-			}
-			if seq > last {
-				if err := deliver(ev); err != nil {
-					return reset, last, err
-				}
-				last = seq
-			}
-			if merr == nil && meta.NumPending == 0 {
-				caughtUp = true
-			}
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-			return reset, last, fmt.Errorf("%w: %w", ErrNoHistory, err)
-		}
-		if caughtUp || n == 0 {
-			return reset, last, nil
 		}
 	}
+	if start == 0 {
+		return reset, last, nil // nothing to replay
+	}
+	ro := reorder{last: last, deliver: deliver}
+	_, _, err = ReadFrom(ctx, h.js, EventsStream, SessionFilter(sessionID), start, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
+		_, ev, err := DecodeEvent(m.Data)
+		if err != nil {
+			return true // not ours to judge: skip what cannot be read
+		}
+		return ro.add(ev) == nil
+	})
+	if ro.err != nil {
+		return reset, ro.last, ro.err
+	}
+	if err != nil {
+		return reset, ro.last, h.unavailable(ctx, err)
+	}
+	return reset, ro.last, ro.drain()
+}
+
+// ReorderWindow is how far (in event ids) a session's events may be stored
+// out of order and still replay in order: Replay starts reading this many
+// ids before its resume point. ReorderHold bounds the events held back
+// waiting for an earlier id.
+const (
+	ReorderWindow = DirectBatch
+	ReorderHold   = 4096
+)
+
+// reorder delivers events in id order, holding back those read before an
+// earlier id (at most ReorderHold), and each id once.
+type reorder struct {
+	last    uint64 // the id last delivered (0: none yet, any id may come first)
+	held    heldEvents
+	deliver func(*sessionsv1.SessionEvent) error
+	err     error // deliver's error: the replay stops
+}
+
+func (r *reorder) add(ev *sessionsv1.SessionEvent) error {
+	seq := EventSeq(ev)
+	if seq <= r.last && r.last != 0 {
+		return nil // delivered already (or read twice)
+	}
+	if r.held.Len() == 0 && r.last != 0 && seq == r.last+1 {
+		return r.send(ev, seq) // the usual case: in order
+	}
+	heap.Push(&r.held, ev)
+	// Deliver what is now in order. With nothing delivered yet the lowest
+	// id is unknown until the read ends (or too much is held).
+	for r.held.Len() > 0 && r.err == nil {
+		next := EventSeq(r.held[0])
+		if next <= r.last && r.last != 0 {
+			heap.Pop(&r.held)
+			continue
+		}
+		if (r.last == 0 || next != r.last+1) && r.held.Len() <= ReorderHold {
+			break
+		}
+		_ = r.send(heap.Pop(&r.held).(*sessionsv1.SessionEvent), next) // its error is r.err
+	}
+	return r.err
+}
+
+// drain delivers what is still held, in id order, past any gap.
+func (r *reorder) drain() error {
+	for r.held.Len() > 0 && r.err == nil {
+		ev := heap.Pop(&r.held).(*sessionsv1.SessionEvent)
+		if seq := EventSeq(ev); seq > r.last || r.last == 0 {
+			_ = r.send(ev, seq) // its error is r.err, ending the loop
+		}
+	}
+	return r.err
+}
+
+func (r *reorder) send(ev *sessionsv1.SessionEvent, seq uint64) error {
+	if r.err = r.deliver(ev); r.err == nil {
+		r.last = seq
+	}
+	return r.err
+}
+
+// heldEvents is a min-heap of events by id.
+type heldEvents []*sessionsv1.SessionEvent
+
+func (h heldEvents) Len() int           { return len(h) }
+func (h heldEvents) Less(i, j int) bool { return EventSeq(h[i]) < EventSeq(h[j]) }
+func (h heldEvents) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *heldEvents) Push(x any)        { *h = append(*h, x.(*sessionsv1.SessionEvent)) }
+func (h *heldEvents) Pop() any {
+	old := *h
+	ev := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return ev
+}
+
+// startOf finds the stream sequence to replay from (0: nothing to replay)
+// and whether the watcher must reset.
+func (h *History) startOf(ctx context.Context, sessionID string, after, known uint64) (start uint64, reset bool, err error) {
+	filter := SessionFilter(sessionID)
+	first, err := First(ctx, h.js, EventsStream, filter, 1)
+	if errors.Is(err, ErrNotFound) {
+		// Nothing retained: an id the session never reached is a reset.
+		return 0, after > known, nil
+	}
+	if err != nil {
+		return 0, false, h.unavailable(ctx, err)
+	}
+	firstID := msgEventID(first)
+	if after == 0 || firstID > after {
+		return first.Sequence, after > 0 && firstID > after+1, nil
+	}
+	lastMsg, err := Last(ctx, h.js, EventsStream, filter)
+	if err != nil {
+		return 0, false, h.unavailable(ctx, err)
+	}
+	lastID := msgEventID(lastMsg)
+	if lastID <= after && after > max(lastID, known) {
+		return first.Sequence, true, nil
+	}
+	// Read from ReorderWindow ids early: an event after `after` may have
+	// been stored before one at or before it (see Replay).
+	target := after - min(after, ReorderWindow)
+	if firstID > target {
+		return first.Sequence, false, nil
+	}
+	if lastID <= target {
+		return 0, false, nil // caught up
+	}
+	// Bisect: reading from lo yields an event ≤ target, from hi one > target.
+	lo, hi := first.Sequence, lastMsg.Sequence
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		m, err := First(ctx, h.js, EventsStream, filter, mid)
+		if err != nil {
+			return 0, false, h.unavailable(ctx, err)
+		}
+		if msgEventID(m) > target {
+			hi = mid
+		} else {
+			lo = m.Sequence
+		}
+	}
+	return hi, false, nil
+}
+
+// msgEventID reads a stored event's id from its header (or its body, for
+// events stored without the header).
+func msgEventID(m *jetstream.RawStreamMsg) uint64 {
+	if v := m.Header.Get(HeaderEventID); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil {
+			return n
+		}
+	}
+	if _, ev, err := DecodeEvent(m.Data); err == nil {
+		return EventSeq(ev)
+	}
+	return 0
+}
+
+func (h *History) unavailable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("%w: %w", ErrNoHistory, err)
 }
 
 // EnsureEventsStream creates or updates kgent-events.

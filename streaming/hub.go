@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
@@ -105,11 +106,13 @@ func (h *Hub) Subscribe(sessionID string) *Subscription {
 	s := &Subscription{C: c, c: c, session: sessionID, hub: h}
 	h.mu.Lock()
 	t := h.topics[sessionID]
+	subscribed := false
 	if t == nil {
 		t = &topic{subs: map[*Subscription]struct{}{}}
 		h.topics[sessionID] = t
 		if h.nc != nil {
 			t.nsub = h.subscribeNATS(sessionID)
+			subscribed = t.nsub != nil
 		}
 	}
 	t.mu.Lock()
@@ -117,8 +120,19 @@ func (h *Hub) Subscribe(sessionID string) *Subscription {
 	t.mu.Unlock()
 	h.mu.Unlock()
 	h.watchers.Inc()
+	if subscribed && h.nc.IsConnected() {
+		// The server has the interest once the flush returns, so the
+		// history read that follows cannot miss what is published between
+		// the two (on a cluster, other nodes learn of it a moment later:
+		// the watcher closes that gap itself, see sessionsvc).
+		_ = h.nc.FlushTimeout(subscribeFlushTimeout)
+	}
 	return s
 }
+
+// subscribeFlushTimeout bounds waiting for the server to confirm a new
+// subscription (outside any lock; NATS away, it just does not confirm).
+const subscribeFlushTimeout = 2 * time.Second
 
 // subscribeNATS follows the session's events published by any replica. A
 // failure (NATS down) leaves the watcher on local events only; it is not an
@@ -150,6 +164,22 @@ func (h *Hub) subscribeNATS(sessionID string) *nats.Subscription {
 	// NATS connection's other subscriptions.
 	_ = sub.SetPendingLimits(64*1024, 64<<20)
 	return sub
+}
+
+// Broadcast sends m to the session's watchers on every replica with a
+// core NATS publish (no JetStream, no ack), when connected. The fan-out
+// uses it while the durable publisher spools (its JetStream breaker open
+// during a leader election, say): watchers elsewhere keep following the
+// turn live while its durable copy waits in the spool for history. A copy
+// that reaches a hub twice is delivered once (by event id).
+func (h *Hub) Broadcast(m Message) {
+	if h.nc == nil || !h.nc.IsConnected() {
+		return
+	}
+	msg := m.natsMsg()
+	if err := h.nc.PublishMsg(msg); err != nil {
+		h.log.Debug("live broadcast of a session event failed", "subject", m.Subject, "error", err)
+	}
 }
 
 // Close ends the subscription.

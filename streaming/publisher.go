@@ -5,21 +5,86 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 )
+
+// The durable publisher (SPEC §4.9) is one ordered FIFO with two ways out:
+// the direct path (asynchronous JetStream publishes, a bounded number in
+// flight) and the spool (an fsynced local log, replayed to JetStream in
+// order). Its state is cut into parts, one file each, and every part owns
+// its state; a part's lock guards exactly the fields listed for it:
+//
+//	part              file                 lock                owns
+//	routing, API      publisher.go         Publisher.mu        closed, stopped, spooling, the direct queue
+//	                                                           (directPath.mem, .inflight) and each rec's
+//	                                                           spooled, spoolFailed, spoolSeq
+//	direct path       publisher_direct.go  (Publisher.mu)      the dispatch and collect goroutines, acks,
+//	                                                           breaker reporting
+//	spool             publisher_spool.go   spoolLog.mu         the segment files (spool.go), head, depth,
+//	                                                           skip, the group-commit batch, the last error
+//	replay            replay.go            none                reader, checkpoint time: replay goroutine only;
+//	                                                           in-flight count, replaying flag: atomics
+//	group commit      publisher_commit.go  groupCommit.syncMu  one fsync round at a time; fsync count (atomic)
+//	flush accounting  publisher_flush.go   flushes.mu          Flush epochs, pending counts, failures, each
+//	                                                           rec's resolved and how
+//	health            publisher_health.go  healthState.mu      state-change hooks; dropped count and log/span
+//	                                                           rate limits (atomics)
+//	connection        publisher_conn.go    none                connection epoch, wasDown, incompatible (atomics)
+//
+// Invariants, and why some state shares a lock:
+//
+//   - Order. An accepted message goes either to the direct queue or to the
+//     spool; which one (spooling) changes only under Publisher.mu, in the
+//     same step as the queue. switchToSpoolLocked appends, in order, every
+//     in-flight message not yet spooled, then the whole in-memory queue, and
+//     sets spooling; tryFinishReplay clears spooling only when nothing is in
+//     flight and the spool has nothing after its head. Every append to the
+//     spool happens under Publisher.mu, so nothing can be appended between
+//     that check and the switch, and no message overtakes another. That is
+//     why the direct queue has no lock of its own.
+//   - Durability. A record joins the group-commit batch in the spoolLog.mu
+//     section that writes it, and a group commit takes the batch together
+//     with the files to fsync (active segment, sealed segments, directory)
+//     in one spoolLog.mu section, so the fsync it then does covers every
+//     record of the batch it resolves. That is why the batch lives in
+//     spoolLog, not in groupCommit.
+//   - Replay position. head, depth and skip move together under spoolLog.mu:
+//     every record before head is acknowledged, depth counts the records at
+//     or after it, skip holds the seqs after it already acknowledged on the
+//     direct path.
+//   - One resolution per message. A rec is resolved once (acked, spooled or
+//     failed) under flushes.mu, in the same step as its Flush epoch's
+//     count, so a direct ack and the fsync of its spool copy may race: the
+//     first wins, the second is a no-op.
+//
+// Lock order. Only two locks are ever held while another is taken, and
+// only in this direction:
+//
+//	Publisher.mu       → spoolLog.mu, flushes.mu
+//	groupCommit.syncMu → spoolLog.mu, flushes.mu
+//
+// spoolLog.mu, flushes.mu and healthState.mu are leaves: no other publisher
+// lock is taken while one of them is held. groupCommit.syncMu is never taken with
+// Publisher.mu held (Close runs its last group commit after unlocking). The
+// circuit breaker's lock is never held together with ours: every call into
+// the breaker is made with no publisher lock held, and its onChange callback
+// (breakerChanged) takes none. Neither are nats.go's: publishes, connection
+// checks and its callbacks run with no publisher lock held.
+//
+// Goroutines (each stops when Publisher.stop is closed; Close waits for
+// them): dispatch and collect (direct path), sync (group commit), replay,
+// and notify (health). They are woken through 1-slot channels (wake), so a
+// wake-up is never lost and never blocks the waker.
 
 // Message is one JetStream write.
 type Message struct {
@@ -112,42 +177,6 @@ var (
 	ErrRejected = errors.New("nats publisher: rejected by JetStream")
 )
 
-// Publisher health states and modes (GET /health/saas → nats).
-const (
-	PublisherHealthy      = "healthy"
-	PublisherDisconnected = "disconnected"
-	PublisherCircuitOpen  = "circuit_open"
-	PublisherDisabled     = "disabled"
-
-	ModeJetStream = "jetstream"
-	ModeFallback  = "fallback"
-)
-
-// PublisherHealth is the publisher's state for /health/saas.
-type PublisherHealth struct {
-	// State is healthy, disconnected, circuit_open (the breaker is open) or disabled.
-	State string `json:"status"`
-	// Mode is jetstream (new messages go straight to JetStream) or fallback
-	// (they go to the spool: disconnected, breaker open, or an older backlog
-	// is still being replayed).
-	Mode    string        `json:"mode"`
-	Breaker BreakerHealth `json:"breaker"`
-	// SpoolDepth is the number of messages in the spool not yet acknowledged by JetStream.
-	SpoolDepth int64 `json:"spool_depth"`
-	// SpoolBytes is the size of the spool's segment files on disk.
-	SpoolBytes int64 `json:"spool_bytes"`
-	// InFlight counts publishes waiting for their JetStream ack.
-	InFlight int `json:"in_flight"`
-	// Queued counts messages waiting in memory for a publish slot.
-	Queued int `json:"queued"`
-	// Replaying is true while the spool is being replayed to JetStream.
-	Replaying bool `json:"replaying"`
-	// Dropped counts messages neither stored nor spooled (see kgents_nats_messages_dropped_total).
-	Dropped uint64 `json:"dropped,omitempty"`
-	// SpoolError is the last spool write/fsync error, if the last attempt failed.
-	SpoolError string `json:"spool_error,omitempty"`
-}
-
 // Publisher is kgentsd's single, ordered, durable way to write to JetStream
 // (SPEC §4.9). It is one FIFO: while JetStream is reachable and the circuit
 // breaker closed, messages are published asynchronously with a bounded
@@ -156,6 +185,7 @@ type PublisherHealth struct {
 // and every later message follows them there until the spool has been
 // replayed, in order, to JetStream. Safe for concurrent use.
 type Publisher struct {
+	// Set by NewPublisher, read-only afterwards.
 	conn     *Conn
 	nc       *nats.Conn // the publisher's own connection (see Conn.dial)
 	js       jetstream.JetStream
@@ -166,89 +196,48 @@ type Publisher struct {
 	br       *breaker
 	disabled bool
 
-	mu         sync.Mutex
-	closed     bool // Close called: no new messages
-	stopped    bool // goroutines stopped, spool closed
-	spooling   bool // new messages go to the spool
-	mem        fifo[*rec]
-	inflight   fifo[*rec] // direct publishes awaiting their ack, in send order
-	connEpoch  uint64     // bumped on every disconnect
-	epoch      uint64     // Flush barrier generation
-	pending    map[uint64]int
-	resolvedCh chan struct{}
-	failures   uint64 // accepted messages that ended neither acked nor durably spooled
-	dropped    uint64
-	sp         *spool
-	batch      syncBatch
-	skip       map[uint64]struct{} // spool seqs already acked directly
-	head       spoolPos            // replay position: everything before it is acked
-	depth      int64
-	replaying  bool
-	spoolErr   string
+	// mu is the routing lock, the outermost (see the comment at the top).
+	mu       sync.Mutex
+	closed   bool       // Close called: no new messages
+	stopped  bool       // goroutines stopped, spool closed
+	spooling bool       // new messages go to the spool
+	direct   directPath // its queue is guarded by mu
 
-	replayInflight atomic.Int64
-	fsyncs         atomic.Uint64 // group commits done
-	incompatible   atomic.Bool   // connected server is older than MinServerVersion
-	wasDown        atomic.Bool   // disconnected since the last connect
-	lastHead       time.Time
-	reader         spoolReader
+	// The other parts, each owning its state.
+	link   link         // publisher_conn.go
+	sp     *spoolLog    // publisher_spool.go; nil when disabled
+	replay replayer     // replay.go
+	commit *groupCommit // publisher_commit.go; nil when disabled
+	flush  *flushes     // publisher_flush.go
+	health healthState  // publisher_health.go
 
-	dispatchWake chan struct{}
-	replayWake   chan struct{}
-	syncWake     chan struct{}
-	syncNow      chan struct{}
-	notifyWake   chan struct{}
-	collectCh    chan *rec
-	stop         chan struct{}
-	ready        chan struct{} // closed when NewPublisher is done: connection callbacks wait for it
-	wg           sync.WaitGroup
-	syncMu       sync.Mutex
-	closeOnce    sync.Once
-
-	hookMu sync.Mutex
-	hooks  []func(PublisherHealth)
-
-	logLimit  atomic.Int64 // unix ns of the last rate-limited log line
-	spanLimit atomic.Int64
+	stop      chan struct{}
+	ready     chan struct{} // closed when NewPublisher is done: connection callbacks wait for it
+	wg        sync.WaitGroup
+	closeOnce sync.Once
 }
 
-// rec is a message on the direct path (or a PublishDurable waiter).
+// rec is a message on the direct path (or a PublishDurable waiter). m,
+// durable and epoch are set before the rec is shared and never change. (The
+// bools are last, together, to keep the struct in its 160-byte size class.)
 type rec struct {
 	m       Message
 	epoch   uint64
 	durable chan error // PublishDurable's result; nil for Publish
-	how     string     // how it was resolved: acked, spooled, error
 
-	resolved    bool
-	spooled     bool // a copy is in the spool
-	spoolFailed bool
-	spoolSeq    uint64
+	how string // flushes.mu: how it was resolved: acked, spooled, error
 
+	spoolSeq uint64 // Publisher.mu
+
+	// Set by dispatch before the rec is handed to collect, then collect's.
 	brDone    func(error)
 	connEpoch uint64
 	fut       jetstream.PubAckFuture
 	sendErr   error
-}
 
-type epochCount struct {
-	epoch uint64
-	n     int
-}
-
-// syncBatch is what the next fsync makes durable.
-type syncBatch struct {
-	counts []epochCount // Publish records: counted per Flush epoch
-	recs   []*rec       // records with a waiter, or copies of direct publishes
-}
-
-func (b *syncBatch) empty() bool { return len(b.counts) == 0 && len(b.recs) == 0 }
-
-func (b *syncBatch) addCount(epoch uint64) {
-	if l := len(b.counts); l > 0 && b.counts[l-1].epoch == epoch {
-		b.counts[l-1].n++
-		return
-	}
-	b.counts = append(b.counts, epochCount{epoch: epoch, n: 1})
+	resolved    bool // flushes.mu
+	spooled     bool // Publisher.mu: a copy is in the spool
+	spoolFailed bool // Publisher.mu
 }
 
 // fifo is a slice-backed queue.
@@ -277,6 +266,7 @@ func (q *fifo[T]) pop() T {
 	return v
 }
 
+// wake signals a goroutine waiting on ch (a 1-slot channel) without blocking.
 func wake(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -299,21 +289,17 @@ func NewPublisher(conn *Conn, o PublisherOptions) (*Publisher, error) {
 		return nil, fmt.Errorf("nats publisher metrics: %w", err)
 	}
 	p := &Publisher{
-		conn:         conn,
-		o:            o,
-		log:          o.Logger.With("component", "nats-publisher"),
-		met:          met,
-		tracer:       o.Tracer.Tracer("kgents.streaming.nats"),
-		pending:      map[uint64]int{},
-		resolvedCh:   make(chan struct{}),
-		skip:         map[uint64]struct{}{},
-		dispatchWake: make(chan struct{}, 1),
-		replayWake:   make(chan struct{}, 1),
-		syncWake:     make(chan struct{}, 1),
-		syncNow:      make(chan struct{}, 1),
-		notifyWake:   make(chan struct{}, 1),
-		stop:         make(chan struct{}),
-		ready:        make(chan struct{}),
+		conn:   conn,
+		o:      o,
+		log:    o.Logger.With("component", "nats-publisher"),
+		met:    met,
+		tracer: o.Tracer.Tracer("kgents.streaming.nats"),
+		direct: directPath{wake: make(chan struct{}, 1)},
+		replay: replayer{wake: make(chan struct{}, 1)},
+		flush:  newFlushes(),
+		health: healthState{wake: make(chan struct{}, 1)},
+		stop:   make(chan struct{}),
+		ready:  make(chan struct{}),
 	}
 	defer close(p.ready)
 	p.br = newBreaker(o.BreakerFailures, o.BreakerOpen, o.BreakerHalfOpenSuccesses, p.breakerChanged)
@@ -343,43 +329,31 @@ func NewPublisher(conn *Conn, o PublisherOptions) (*Publisher, error) {
 		p.nc.Close()
 		return nil, fmt.Errorf("nats publisher: %w", err)
 	}
-	sp, rcv, err := openSpool(o.SpoolDir, o.SpoolSegmentBytes, o.SpoolMaxBytes, p.log)
+	files, rcv, err := openSpool(o.SpoolDir, o.SpoolSegmentBytes, o.SpoolMaxBytes, p.log)
 	if err != nil {
 		p.nc.Close()
 		return nil, fmt.Errorf("nats publisher: %w", err)
 	}
-	p.sp = sp
-	p.head = rcv.head
-	p.depth = rcv.records
-	p.reader.seek(p.head)
-	if rcv.records > 0 || len(sp.segs) > 0 {
-		p.log.Info("nats spool recovered", "dir", o.SpoolDir, "messages", rcv.records, "bytes", sp.total, "discarded_bytes", rcv.discarded)
+	commitWake := make(chan struct{}, 1)
+	p.sp = newSpoolLog(files, rcv, met, commitWake)
+	p.commit = newGroupCommit(p.sp, p.flush, commitWake, o.SpoolDir, o.SyncInterval, met, p.log)
+	p.replay.reader.seek(rcv.head)
+	if rcv.records > 0 || len(files.segs) > 0 {
+		p.log.Info("nats spool recovered", "dir", o.SpoolDir, "messages", rcv.records, "bytes", files.total, "discarded_bytes", rcv.discarded)
 	}
 	p.checkVersion()
 	p.spooling = rcv.records > 0 || !p.connected()
-	p.collectCh = make(chan *rec, o.MaxInFlight+1)
-	p.updateSpoolGauges()
+	p.direct.sent = make(chan *rec, o.MaxInFlight+1)
+	p.sp.updateGauges()
 
-	p.wg.Add(5)
-	go p.dispatchLoop()
-	go p.collectLoop()
-	go p.syncLoop()
-	go p.replayLoop()
-	go p.notifyLoop()
+	p.wg.Go(p.dispatchLoop)
+	p.wg.Go(p.collectLoop)
+	p.wg.Go(func() { p.commit.run(p.stop) })
+	p.wg.Go(p.replayLoop)
+	p.wg.Go(p.notifyLoop)
 	// A disconnect from now on is handled by the callback (it waits for ready).
-	wake(p.replayWake)
+	wake(p.replay.wake)
 	return p, nil
-}
-
-// connected reports whether the publisher's connection is up (and the
-// server recent enough).
-func (p *Publisher) connected() bool {
-	return p.nc.IsConnected() && !p.incompatible.Load()
-}
-
-func (p *Publisher) checkVersion() {
-	v := p.nc.ConnectedServerVersion()
-	p.incompatible.Store(v != "" && !versionAtLeast(v, MinServerVersion))
 }
 
 // validate checks m before it is accepted.
@@ -457,10 +431,8 @@ func (p *Publisher) PublishDurable(ctx context.Context, m Message) error {
 	}
 	select {
 	case err := <-r.durable:
-		p.mu.Lock()
-		how := r.how
-		p.mu.Unlock()
-		span.SetAttributes(attribute.String("kgents.outcome", how))
+		// r.how was set, once, before the result was sent: the receive orders it.
+		span.SetAttributes(attribute.String("kgents.outcome", r.how))
 		if err != nil {
 			span.RecordError(err)
 			span.SetStatus(codes.Error, err.Error())
@@ -472,7 +444,7 @@ func (p *Publisher) PublishDurable(ctx context.Context, m Message) error {
 	}
 }
 
-// accept queues m (r is its waiter for PublishDurable, or nil).
+// accept queues m (r is its waiter for PublishDurable, or nil): routing.
 func (p *Publisher) accept(m Message, r *rec) error {
 	if err := p.validate(&m); err != nil {
 		p.drop(dropInvalid, &m, err)
@@ -484,9 +456,8 @@ func (p *Publisher) accept(m Message, r *rec) error {
 		p.drop(dropClosed, &m, ErrPublisherClosed)
 		return ErrPublisherClosed
 	}
-	e := p.epoch
-	p.pending[e]++
-	if !p.spooling && p.mem.len() >= p.o.QueueSize {
+	e := p.flush.begin()
+	if !p.spooling && p.direct.mem.len() >= p.o.QueueSize {
 		p.switchToSpoolLocked("in-memory queue full")
 	}
 	if !p.spooling {
@@ -494,23 +465,22 @@ func (p *Publisher) accept(m Message, r *rec) error {
 			r = &rec{m: m}
 		}
 		r.epoch = e
-		p.mem.push(r)
+		p.direct.mem.push(r)
 		p.mu.Unlock()
-		wake(p.dispatchWake)
+		wake(p.direct.wake)
 		return nil
 	}
 	if r != nil {
 		r.epoch = e
 	}
-	_, err := p.spoolLocked(&m, r, e)
+	_, err := p.sp.append(&m, r, e)
 	if err != nil {
 		if r != nil {
-			p.resolveLocked(r, err, "error")
+			p.flush.settle(r, err, "error")
 		} else {
-			p.failures++
-			p.doneCountLocked(e, 1)
+			p.flush.done(e, 1, true)
 		}
-		p.dropped++
+		p.health.dropped.Add(1)
 		p.mu.Unlock()
 		p.met.dropped.WithLabelValues(dropSpool).Inc()
 		p.logLimited("nats publisher: message lost: cannot write the spool", "subject_type", subjectType(m.Subject), "msg_id", m.MsgID, "error", err)
@@ -523,463 +493,40 @@ func (p *Publisher) accept(m Message, r *rec) error {
 	return nil
 }
 
-// spoolLocked appends m to the spool. r (may be nil) is resolved when the
-// record is fsynced; without r the record is counted for Flush.
-func (p *Publisher) spoolLocked(m *Message, r *rec, epoch uint64) (uint64, error) {
-	seq := p.sp.nextSeq
-	if err := p.sp.append(seq, time.Now().UnixNano(), m); err != nil {
-		p.spoolErr = err.Error()
-		p.met.spoolErrs.Inc()
-		return 0, err
-	}
-	p.spoolErr = ""
-	p.sp.nextSeq++
-	p.depth++
-	if p.batch.empty() {
-		wake(p.syncWake)
-	}
-	if r != nil {
-		p.batch.recs = append(p.batch.recs, r)
-	} else {
-		p.batch.addCount(epoch)
-	}
-	p.updateSpoolGaugesLocked()
-	return seq, nil
-}
-
-func (p *Publisher) updateSpoolGauges() {
-	p.mu.Lock()
-	p.updateSpoolGaugesLocked()
-	p.mu.Unlock()
-}
-
-func (p *Publisher) updateSpoolGaugesLocked() {
-	p.met.depth.Set(float64(p.depth))
-	if p.sp != nil {
-		p.met.bytes.Set(float64(p.sp.total))
-	}
-}
-
 // switchToSpoolLocked sends everything not yet acknowledged to the spool,
 // in order: the direct publishes still awaiting their ack (their outcome is
 // unknown; if one is acked later its spool copy is skipped on replay, and
 // JetStream dedupes it by msg id if the replay happens first), then the
 // in-memory queue. From now on new messages go to the spool too, until the
-// replay has caught up.
+// replay has caught up. p.mu held.
 func (p *Publisher) switchToSpoolLocked(reason string) {
 	if !p.spooling {
 		p.spooling = true
-		p.log.Info("nats publisher: spooling", "reason", reason, "in_flight", p.inflight.len(), "queued", p.mem.len())
-		wake(p.notifyWake)
+		p.log.Info("nats publisher: spooling", "reason", reason, "in_flight", p.direct.inflight.len(), "queued", p.direct.mem.len())
+		wake(p.health.wake)
 	}
-	for i := 0; i < p.inflight.len(); i++ {
-		r := p.inflight.at(i)
-		if r.spooled || r.spoolFailed || r.resolved {
+	for i := 0; i < p.direct.inflight.len(); i++ {
+		r := p.direct.inflight.at(i)
+		if r.spooled || r.spoolFailed || p.flush.settled(r) {
 			continue
 		}
-		seq, err := p.spoolLocked(&r.m, r, r.epoch)
+		seq, err := p.sp.append(&r.m, r, r.epoch)
 		if err != nil {
 			r.spoolFailed = true
 			continue
 		}
 		r.spooled, r.spoolSeq = true, seq
 	}
-	for p.mem.len() > 0 {
-		r := p.mem.pop()
-		if _, err := p.spoolLocked(&r.m, r, r.epoch); err != nil {
-			p.resolveLocked(r, err, "error")
-			p.dropped++
+	for p.direct.mem.len() > 0 {
+		r := p.direct.mem.pop()
+		if _, err := p.sp.append(&r.m, r, r.epoch); err != nil {
+			p.flush.settle(r, err, "error")
+			p.health.dropped.Add(1)
 			p.met.dropped.WithLabelValues(dropSpool).Inc()
 			p.logLimited("nats publisher: message lost: cannot write the spool", "subject_type", subjectType(r.m.Subject), "msg_id", r.m.MsgID, "error", err)
 		}
 	}
-	wake(p.replayWake)
-}
-
-// resolveLocked settles r once: acked, durably spooled, or failed.
-func (p *Publisher) resolveLocked(r *rec, err error, how string) {
-	if r.resolved {
-		return
-	}
-	r.resolved = true
-	r.how = how
-	if err != nil {
-		p.failures++
-	}
-	p.doneCountLocked(r.epoch, 1)
-	if r.durable != nil {
-		r.durable <- err
-	}
-}
-
-func (p *Publisher) doneCountLocked(epoch uint64, n int) {
-	c := p.pending[epoch] - n
-	if c > 0 {
-		p.pending[epoch] = c
-		return
-	}
-	delete(p.pending, epoch)
-	if epoch < p.epoch {
-		close(p.resolvedCh)
-		p.resolvedCh = make(chan struct{})
-	}
-}
-
-func (p *Publisher) drop(reason string, m *Message, err error) {
-	p.met.dropped.WithLabelValues(reason).Inc()
-	p.mu.Lock()
-	p.dropped++
-	p.mu.Unlock()
-	p.logLimited("nats publisher: message dropped", "reason", reason, "subject_type", subjectType(m.Subject), "msg_id", m.MsgID, "error", err)
-}
-
-// logLimited logs at most one line per second (errors during an outage or
-// with a full disk would otherwise flood the log).
-func (p *Publisher) logLimited(msg string, args ...any) {
-	now := time.Now().UnixNano()
-	last := p.logLimit.Load()
-	if now-last < int64(time.Second) || !p.logLimit.CompareAndSwap(last, now) {
-		return
-	}
-	p.log.Error(msg, args...)
-}
-
-// ---- direct path ----
-
-func (p *Publisher) dispatchLoop() {
-	defer p.wg.Done()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-p.dispatchWake:
-		}
-		p.dispatch()
-	}
-}
-
-// dispatch sends queued messages while there is room in flight.
-func (p *Publisher) dispatch() {
-	for {
-		p.mu.Lock()
-		idle := p.spooling || p.mem.len() == 0 || p.inflight.len() >= p.o.MaxInFlight
-		p.mu.Unlock()
-		if idle {
-			return
-		}
-		if !p.connected() {
-			p.mu.Lock()
-			p.switchToSpoolLocked("nats disconnected")
-			p.mu.Unlock()
-			return
-		}
-		done, err := p.br.allow()
-		if errors.Is(err, gobreaker.ErrTooManyRequests) {
-			return // half-open: wait for the probes' acks
-		}
-		p.mu.Lock()
-		if err != nil {
-			p.switchToSpoolLocked("circuit breaker open")
-			p.mu.Unlock()
-			return
-		}
-		if p.spooling || p.mem.len() == 0 {
-			p.mu.Unlock()
-			done(errExcluded)
-			return
-		}
-		r := p.mem.pop()
-		r.brDone = done
-		r.connEpoch = p.connEpoch
-		p.inflight.push(r)
-		p.mu.Unlock()
-
-		r.fut, r.sendErr = p.js.PublishMsgAsync(r.m.natsMsg(), noClientRetry)
-		select {
-		case p.collectCh <- r:
-		case <-p.stop:
-			return
-		}
-	}
-}
-
-func (p *Publisher) collectLoop() {
-	defer p.wg.Done()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case r := <-p.collectCh:
-			ack, err, stopped := p.waitAck(t, r.fut, r.sendErr)
-			if stopped {
-				return
-			}
-			p.finishDirect(r, ack, err)
-		}
-	}
-}
-
-// noClientRetry turns off nats.go's own retry of an async publish that met
-// "no responders" (it re-sends 250ms later, behind our back). A message
-// re-sent that way can overtake the ones spooled after it and land out of
-// order; the spool's replay is the only retry path, and it keeps order.
-var noClientRetry = jetstream.WithRetryAttempts(0)
-
-var errAckTimeout = errors.New("nats publisher: no JetStream ack in time")
-
-// waitAck waits for a publish's outcome (t is a reusable, stopped timer).
-func (p *Publisher) waitAck(t *time.Timer, fut jetstream.PubAckFuture, sendErr error) (*jetstream.PubAck, error, bool) {
-	if sendErr != nil {
-		return nil, sendErr, false
-	}
-	// nats.go times the ack out itself (WithPublishAsyncTimeout); this timer
-	// is only a backstop.
-	t.Reset(p.o.AckTimeout + time.Second)
-	defer t.Stop()
-	select {
-	case ack := <-fut.Ok():
-		return ack, nil, false
-	case err := <-fut.Err():
-		return nil, err, false
-	case <-t.C:
-		return nil, errAckTimeout, false
-	case <-p.stop:
-		return nil, nil, true
-	}
-}
-
-type outcome int
-
-const (
-	outOK           outcome = iota
-	outFailed               // JetStream did not take it: counts for the breaker, retry from the spool
-	outDisconnected         // the connection went away: retry from the spool, not counted
-	outRejected             // refused for good: never retried
-)
-
-func (p *Publisher) classify(err error, connEpoch uint64) outcome {
-	if err == nil {
-		return outOK
-	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.Code == 400 || apiErr.Code == 413) {
-		return outRejected
-	}
-	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) ||
-		errors.Is(err, nats.ErrHeadersNotSupported) || errors.Is(err, nats.ErrBadHeaderMsg) {
-		return outRejected
-	}
-	if errors.Is(err, nats.ErrDisconnected) || errors.Is(err, nats.ErrConnectionClosed) ||
-		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, nats.ErrReconnectBufExceeded) ||
-		errors.Is(err, nats.ErrConnectionDraining) {
-		return outDisconnected
-	}
-	p.mu.Lock()
-	moved := p.connEpoch != connEpoch
-	p.mu.Unlock()
-	if moved || !p.connected() {
-		return outDisconnected
-	}
-	return outFailed
-}
-
-// report tells the breaker and the metrics how a publish attempt went.
-func (p *Publisher) report(done func(error), out outcome, ack *jetstream.PubAck, subject string, err error) {
-	if done != nil {
-		switch out {
-		case outOK:
-			done(nil)
-		case outFailed:
-			done(err)
-		default:
-			done(fmt.Errorf("%w: %w", errExcluded, err))
-		}
-	}
-	switch {
-	case out != outOK:
-		p.met.errors.Inc()
-	case ack != nil && ack.Duplicate:
-		p.met.duplicates.Inc()
-	default:
-		p.met.publishedInc(subject)
-	}
-}
-
-func (p *Publisher) finishDirect(r *rec, ack *jetstream.PubAck, err error) {
-	out := p.classify(err, r.connEpoch)
-	p.report(r.brDone, out, ack, r.m.Subject, err)
-	r.brDone = nil
-	if out == outFailed || out == outRejected {
-		p.errorSpan(&r.m, err, out)
-	}
-	p.mu.Lock()
-	switch out {
-	case outOK:
-		if r.spooled {
-			p.skip[r.spoolSeq] = struct{}{}
-		}
-		p.resolveLocked(r, nil, "acked")
-	case outRejected:
-		if r.spooled {
-			p.skip[r.spoolSeq] = struct{}{}
-		}
-		p.rejectLocked(&r.m, err)
-		p.resolveLocked(r, fmt.Errorf("%w: %w", ErrRejected, err), "error")
-	default:
-		if !r.spooled && !r.spoolFailed {
-			// r is still at the head of inflight, so it is spooled first.
-			p.switchToSpoolLocked(fmt.Sprintf("publish failed: %v", err))
-		}
-		if r.spoolFailed {
-			p.resolveLocked(r, err, "error")
-			p.dropped++
-			p.met.dropped.WithLabelValues(dropSpool).Inc()
-		}
-		// Otherwise r resolves when its spool copy is fsynced.
-	}
-	if p.inflight.len() > 0 && p.inflight.peek() == r {
-		p.inflight.pop()
-	}
-	empty := p.inflight.len() == 0
-	spooling := p.spooling
-	p.mu.Unlock()
-	if empty && spooling {
-		wake(p.replayWake)
-	}
-	wake(p.dispatchWake)
-}
-
-// rejectLocked keeps a message JetStream refused for good in rejected.seg.
-func (p *Publisher) rejectLocked(m *Message, err error) {
-	p.dropped++
-	p.met.dropped.WithLabelValues(dropRejected).Inc()
-	p.log.Error("nats publisher: JetStream rejected a message; kept in the spool's rejected.seg",
-		"subject_type", subjectType(m.Subject), "msg_id", m.MsgID, "error", err)
-	if p.sp != nil {
-		if werr := p.sp.reject(0, time.Now().UnixNano(), m); werr != nil {
-			p.log.Error("nats publisher: cannot keep the rejected message", "error", werr)
-		}
-	}
-}
-
-// errorSpan records a failed fire-and-forget publish as a span. Successful
-// ones get no span (see docs: a span per message costs more than the
-// publish); failures are sampled to one span per second.
-func (p *Publisher) errorSpan(m *Message, err error, out outcome) {
-	now := time.Now().UnixNano()
-	last := p.spanLimit.Load()
-	if now-last < int64(time.Second) || !p.spanLimit.CompareAndSwap(last, now) {
-		return
-	}
-	_, span := p.tracer.Start(context.Background(), "nats.publish", trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("kgents.subject_type", subjectType(m.Subject)),
-			attribute.Bool("kgents.rejected", out == outRejected),
-		))
-	span.RecordError(err)
-	span.SetStatus(codes.Error, err.Error())
-	span.End()
-}
-
-// ---- connection and breaker events ----
-
-func (p *Publisher) onDisconnect() {
-	<-p.ready
-	p.mu.Lock()
-	if p.sp == nil || p.stopped {
-		p.mu.Unlock()
-		return
-	}
-	p.connEpoch++
-	p.switchToSpoolLocked("nats disconnected")
-	p.mu.Unlock()
-	p.wasDown.Store(true)
-	wake(p.notifyWake)
-}
-
-func (p *Publisher) onConnect() {
-	<-p.ready
-	if p.sp == nil {
-		return // NewPublisher failed
-	}
-	select {
-	case <-p.stop:
-		return
-	default:
-	}
-	p.checkVersion()
-	if p.wasDown.Swap(false) {
-		// SPEC §4.9: a reconnect moves the breaker straight to half-open.
-		p.br.reconnect()
-	}
-	wake(p.replayWake)
-	wake(p.dispatchWake)
-	wake(p.notifyWake)
-}
-
-// breakerChanged runs under the breaker's lock: no blocking, no p.mu.
-func (p *Publisher) breakerChanged(from, to gobreaker.State) {
-	p.met.circuit.Set(stateGauge(to))
-	p.log.Info("nats publish circuit breaker", "from", stateName(from), "to", stateName(to))
-	if to == gobreaker.StateOpen {
-		time.AfterFunc(p.o.BreakerOpen+5*time.Millisecond, func() {
-			_ = p.br.state() // moves it to half-open
-			wake(p.replayWake)
-			wake(p.dispatchWake)
-		})
-	}
-	wake(p.replayWake)
-	wake(p.notifyWake)
-}
-
-// ---- flush, close, health ----
-
-// Flush waits until every message accepted before the call is acknowledged
-// by JetStream or fsynced in the spool. It returns ctx's error if ctx ends
-// first, or an error if some of those messages were lost (spool write or
-// fsync failure).
-func (p *Publisher) Flush(ctx context.Context) error {
-	if p.disabled {
-		return nil
-	}
-	p.mu.Lock()
-	e := p.epoch
-	p.epoch++
-	f0 := p.failures
-	p.mu.Unlock()
-	wake(p.syncNow)
-	wake(p.dispatchWake)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		p.mu.Lock()
-		done := true
-		for ep := range p.pending {
-			if ep <= e {
-				done = false
-				break
-			}
-		}
-		ch := p.resolvedCh
-		failed := p.failures - f0
-		p.mu.Unlock()
-		if done {
-			if failed > 0 {
-				return fmt.Errorf("nats publisher: %d message(s) could be neither published nor spooled", failed)
-			}
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-tick.C:
-			wake(p.syncNow)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+	wake(p.replay.wake)
 }
 
 // Close flushes (see Flush), then, while JetStream is reachable, waits for
@@ -999,7 +546,7 @@ func (p *Publisher) Close(ctx context.Context) error {
 func (p *Publisher) close(ctx context.Context) error {
 	p.mu.Lock()
 	p.closed = true
-	f0 := p.failures
+	f0 := p.flush.failed()
 	p.mu.Unlock()
 	if err := p.Flush(ctx); err != nil && ctx.Err() == nil {
 		p.log.Error("nats publisher: flush at close", "error", err)
@@ -1010,24 +557,24 @@ func (p *Publisher) close(ctx context.Context) error {
 
 	// Whatever is not acknowledged by now goes to the spool, fsynced below.
 	p.mu.Lock()
-	if p.inflight.len() > 0 || p.mem.len() > 0 {
+	if p.direct.inflight.len() > 0 || p.direct.mem.len() > 0 {
 		p.switchToSpoolLocked("shutdown")
 	}
 	p.mu.Unlock()
-	p.syncOnce()
+	p.commit.syncOnce()
 
 	p.mu.Lock()
 	p.stopped = true
-	if p.depth > 0 {
-		if err := p.sp.writeHead(p.head); err != nil {
+	if depth, bytes, _ := p.sp.stats(); depth > 0 {
+		if err := p.sp.writeHead(p.sp.position()); err != nil {
 			p.log.Warn("nats spool: cannot write the replay checkpoint", "error", err)
 		}
 		p.log.Warn("nats publisher closed with messages in the spool; they are replayed at the next start",
-			"messages", p.depth, "bytes", p.sp.total, "dir", p.o.SpoolDir)
+			"messages", depth, "bytes", bytes, "dir", p.o.SpoolDir)
 	}
-	p.reader.closeFile()
+	p.replay.reader.closeFile()
 	p.sp.close()
-	lost := p.failures - f0
+	lost := p.flush.failed() - f0
 	p.mu.Unlock()
 	p.nc.Close()
 	if lost > 0 {
@@ -1042,170 +589,16 @@ func (p *Publisher) waitDrain(ctx context.Context) {
 	defer tick.Stop()
 	for {
 		p.mu.Lock()
-		busy := p.spooling && p.depth > 0
+		busy := p.spooling && p.sp.pending() > 0
 		p.mu.Unlock()
-		if !busy || !p.connected() || p.br.state() == gobreaker.StateOpen {
+		if !busy || !p.connected() || p.br.state() == stateOpen {
 			return
 		}
-		wake(p.replayWake)
+		wake(p.replay.wake)
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-	}
-}
-
-// Health reports the publisher's state.
-func (p *Publisher) Health() PublisherHealth {
-	if p.disabled {
-		return PublisherHealth{State: PublisherDisabled, Mode: ModeFallback, Breaker: p.br.health()}
-	}
-	h := PublisherHealth{Breaker: p.br.health()}
-	connected := p.connected()
-	p.mu.Lock()
-	spooling := p.spooling
-	h.SpoolDepth = p.depth
-	h.SpoolBytes = p.sp.total
-	h.InFlight = p.inflight.len() + int(p.replayInflight.Load())
-	h.Queued = p.mem.len()
-	h.Replaying = p.replaying
-	h.Dropped = p.dropped
-	h.SpoolError = p.spoolErr
-	p.mu.Unlock()
-	switch {
-	case !connected:
-		h.State = PublisherDisconnected
-	case h.Breaker.State == "open":
-		h.State = PublisherCircuitOpen
-	default:
-		h.State = PublisherHealthy
-	}
-	h.Mode = ModeJetStream
-	if spooling || h.State != PublisherHealthy {
-		h.Mode = ModeFallback
-	}
-	return h
-}
-
-// OnStateChange registers fn to be called (on the publisher's own
-// goroutine, one call at a time) when the health's state, mode, breaker
-// state or replaying flag changes.
-func (p *Publisher) OnStateChange(fn func(PublisherHealth)) {
-	p.hookMu.Lock()
-	p.hooks = append(p.hooks, fn)
-	p.hookMu.Unlock()
-}
-
-func (p *Publisher) notifyLoop() {
-	defer p.wg.Done()
-	last := p.Health()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-p.notifyWake:
-		}
-		h := p.Health()
-		if h.State == last.State && h.Mode == last.Mode && h.Breaker.State == last.Breaker.State && h.Replaying == last.Replaying {
-			continue
-		}
-		last = h
-		p.hookMu.Lock()
-		hooks := slices.Clone(p.hooks)
-		p.hookMu.Unlock()
-		for _, fn := range hooks {
-			fn(h)
-		}
-	}
-}
-
-// ---- group commit ----
-
-func (p *Publisher) syncLoop() {
-	defer p.wg.Done()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	for {
-		select {
-		case <-p.stop:
-			return
-		case <-p.syncNow:
-		case <-p.syncWake:
-			// Let more appends join this commit.
-			t.Reset(p.o.SyncInterval)
-			select {
-			case <-t.C:
-			case <-p.syncNow:
-				t.Stop()
-			case <-p.stop:
-				t.Stop()
-				return
-			}
-		}
-		p.syncOnce()
-	}
-}
-
-// syncOnce fsyncs everything appended so far and resolves its waiters.
-func (p *Publisher) syncOnce() {
-	p.syncMu.Lock()
-	defer p.syncMu.Unlock()
-	p.mu.Lock()
-	b := p.batch
-	p.batch = syncBatch{}
-	files := p.sp.pendingClose
-	p.sp.pendingClose = nil
-	active := p.sp.active
-	dirDirty := p.sp.dirDirty
-	p.sp.dirDirty = false
-	p.mu.Unlock()
-	if b.empty() && len(files) == 0 && !dirDirty {
-		return
-	}
-	var err error
-	for _, f := range files {
-		if e := f.Sync(); e != nil && err == nil {
-			err = e
-		}
-		_ = f.Close()
-	}
-	if active != nil && !b.empty() {
-		p.fsyncs.Add(1)
-		if e := active.Sync(); e != nil && err == nil {
-			err = e
-		}
-	}
-	if dirDirty {
-		if e := syncDir(p.o.SpoolDir); e != nil && err == nil {
-			err = e
-		}
-	}
-	if err != nil {
-		err = fmt.Errorf("spool fsync: %w", err)
-		p.met.spoolErrs.Inc()
-		p.log.Error("nats spool: fsync failed", "error", err)
-	}
-	p.mu.Lock()
-	if err != nil {
-		p.spoolErr = err.Error()
-	}
-	p.resolveBatchLocked(&b, err)
-	p.mu.Unlock()
-}
-
-func (p *Publisher) resolveBatchLocked(b *syncBatch, err error) {
-	for _, c := range b.counts {
-		if err != nil {
-			p.failures += uint64(c.n)
-		}
-		p.doneCountLocked(c.epoch, c.n)
-	}
-	how := "spooled"
-	if err != nil {
-		how = "error"
-	}
-	for _, r := range b.recs {
-		p.resolveLocked(r, err, how)
 	}
 }

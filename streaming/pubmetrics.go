@@ -1,11 +1,12 @@
 package streaming
 
 import (
-	"errors"
 	"strings"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kgents/kgents-go/telemetry"
 )
 
 // pubMetrics are the publisher's Prometheus metrics (reference §10 names,
@@ -38,55 +39,55 @@ func newPubMetrics(r prometheus.Registerer) (*pubMetrics, error) {
 	}
 	m := &pubMetrics{}
 	var err error
-	if m.published, err = register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+	if m.published, err = telemetry.Register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kgents_nats_messages_published_total",
 		Help: "Messages stored by JetStream (acknowledged, not duplicates), directly or by spool replay, by subject type.",
 	}, []string{"subject_type"})); err != nil {
 		return nil, err
 	}
-	if m.errors, err = register(r, prometheus.NewCounter(prometheus.CounterOpts{
+	if m.errors, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_nats_publish_errors_total",
 		Help: "JetStream publish attempts that failed (ack error or timeout, no stream, disconnected, refused).",
 	})); err != nil {
 		return nil, err
 	}
-	if m.circuit, err = register(r, prometheus.NewGauge(prometheus.GaugeOpts{
+	if m.circuit, err = telemetry.Register(r, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "kgents_nats_circuit_state",
 		Help: "Publish circuit breaker: 0 closed, 1 open, 2 half_open.",
 	})); err != nil {
 		return nil, err
 	}
-	if m.depth, err = register(r, prometheus.NewGauge(prometheus.GaugeOpts{
+	if m.depth, err = telemetry.Register(r, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "kgents_nats_fallback_queue_depth",
 		Help: "Messages waiting in the local spool for JetStream.",
 	})); err != nil {
 		return nil, err
 	}
-	if m.bytes, err = register(r, prometheus.NewGauge(prometheus.GaugeOpts{
+	if m.bytes, err = telemetry.Register(r, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "kgents_nats_spool_bytes",
 		Help: "Bytes of spool segment files on disk.",
 	})); err != nil {
 		return nil, err
 	}
-	if m.replayed, err = register(r, prometheus.NewCounter(prometheus.CounterOpts{
+	if m.replayed, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_nats_spool_replayed_total",
 		Help: "Spooled messages acknowledged by JetStream on replay.",
 	})); err != nil {
 		return nil, err
 	}
-	if m.duplicates, err = register(r, prometheus.NewCounter(prometheus.CounterOpts{
+	if m.duplicates, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_nats_publish_duplicates_total",
 		Help: "Publishes JetStream acknowledged as duplicates of an already stored msg id.",
 	})); err != nil {
 		return nil, err
 	}
-	if m.dropped, err = register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
+	if m.dropped, err = telemetry.Register(r, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kgents_nats_messages_dropped_total",
 		Help: "Messages that could be neither stored by JetStream nor spooled, by reason (invalid, spool_error, rejected, closed).",
 	}, []string{"reason"})); err != nil {
 		return nil, err
 	}
-	if m.spoolErrs, err = register(r, prometheus.NewCounter(prometheus.CounterOpts{
+	if m.spoolErrs, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_nats_spool_errors_total",
 		Help: "Spool write or fsync failures (disk full, I/O errors, spool size limit).",
 	})); err != nil {
@@ -96,21 +97,6 @@ func newPubMetrics(r prometheus.Registerer) (*pubMetrics, error) {
 		m.dropped.WithLabelValues(reason)
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// the same description (two publishers on one registry share metrics).
-func register[T prometheus.Collector](r prometheus.Registerer, c T) (T, error) {
-	if err := r.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing, nil
-			}
-		}
-		return c, err
-	}
-	return c, nil
 }
 
 func (m *pubMetrics) publishedInc(subject string) {

@@ -3,12 +3,13 @@ package streaming
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 )
@@ -26,6 +27,18 @@ import (
 
 const headCheckpointEvery = 200 * time.Millisecond
 
+// replayer is the replay part's own state. It has no lock: reader and
+// lastHead belong to the replay goroutine (NewPublisher sets them before it
+// starts, Close and crash use them after it stopped), and what Health reads
+// is atomic. The spool it reads and the head it moves are spoolLog's.
+type replayer struct {
+	wake     chan struct{} // replay: spooling began, a connection or the breaker changed
+	reader   spoolReader   // the next record to read
+	lastHead time.Time     // when the head was last checkpointed
+	inflight atomic.Int64  // replay publishes awaiting their ack
+	active   atomic.Bool   // a replay pass is running
+}
+
 type replayEntry struct {
 	rec        spoolRecord
 	start, end spoolPos
@@ -37,14 +50,13 @@ type replayEntry struct {
 }
 
 func (p *Publisher) replayLoop() {
-	defer p.wg.Done()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
 		case <-p.stop:
 			return
-		case <-p.replayWake:
+		case <-p.replay.wake:
 		case <-tick.C:
 		}
 		for p.canReplay() && p.replayPass() {
@@ -59,19 +71,17 @@ func (p *Publisher) canReplay() bool {
 	default:
 	}
 	p.mu.Lock()
-	ok := p.spooling && p.inflight.len() == 0
+	ok := p.spooling && p.direct.inflight.len() == 0
 	p.mu.Unlock()
 	if !ok || !p.connected() {
 		return false
 	}
-	return p.br.state() != gobreaker.StateOpen
+	return p.br.state() != stateOpen
 }
 
 func (p *Publisher) setReplaying(v bool) {
-	p.mu.Lock()
-	p.replaying = v
-	p.mu.Unlock()
-	wake(p.notifyWake)
+	p.replay.active.Store(v)
+	wake(p.health.wake)
 }
 
 // replayPass replays until blocked, interrupted or drained, keeping up to
@@ -98,7 +108,7 @@ func (p *Publisher) replayPass() bool {
 	)
 	defer func() {
 		if held != nil {
-			p.reader.seek(held.start)
+			p.replay.reader.seek(held.start)
 		}
 	}()
 	for {
@@ -117,10 +127,8 @@ func (p *Publisher) replayPass() bool {
 				}
 				caughtUp = false
 				e = &replayEntry{rec: rec, start: start, end: end}
-				p.mu.Lock()
-				_, e.skip = p.skip[rec.seq]
-				e.connEpoch = p.connEpoch
-				p.mu.Unlock()
+				e.skip = p.sp.acked(rec.seq)
+				e.connEpoch = p.link.epoch.Load()
 			}
 			if !e.skip {
 				done, err := p.br.allow()
@@ -129,7 +137,7 @@ func (p *Publisher) replayPass() bool {
 					break
 				}
 				e.done = done
-				p.replayInflight.Add(1)
+				p.replay.inflight.Add(1)
 				e.fut, e.sendErr = p.js.PublishMsgAsync(e.rec.msg.natsMsg(), noClientRetry)
 			}
 			q.push(e)
@@ -137,7 +145,7 @@ func (p *Publisher) replayPass() bool {
 		if q.len() == 0 {
 			switch {
 			case failed:
-				p.reader.seek(p.headPos())
+				p.replay.reader.seek(p.sp.position())
 				span.SetStatus(codes.Error, "replay interrupted")
 				p.maybeWriteHead(true)
 				return false
@@ -157,18 +165,23 @@ func (p *Publisher) replayPass() bool {
 		e := q.pop()
 		if e.skip {
 			if !failed {
-				p.commit(e)
+				p.sp.advance(e.rec.seq, e.end)
 			}
 			continue
 		}
 		ack, err, stopped := p.waitAck(t, e.fut, e.sendErr)
 		if stopped {
-			p.replayInflight.Store(0)
+			p.replay.inflight.Store(0)
 			held = nil
 			return false
 		}
-		p.replayInflight.Add(-1)
+		p.replay.inflight.Add(-1)
 		out := p.classify(err, e.connEpoch)
+		if out == outRejected && p.storedAlready(&e.rec.msg, err) {
+			// A write-once message whose first publish was stored though
+			// its ack was lost: this copy is a duplicate, not a rejection.
+			out, ack = outOK, &jetstream.PubAck{Duplicate: true}
+		}
 		p.report(e.done, out, ack, e.rec.msg.Subject, err)
 		if failed {
 			continue // later outcomes do not move the head past a failure
@@ -178,56 +191,29 @@ func (p *Publisher) replayPass() bool {
 			replayed++
 			p.met.replayed.Inc()
 		case outRejected:
-			p.mu.Lock()
-			p.rejectLocked(&e.rec.msg, err)
-			p.mu.Unlock()
+			p.keepRejected(&e.rec.msg, err)
 		default:
 			failed = true
 			if held != nil {
 				held = nil // re-read from the head
 			}
-			p.mu.Lock()
-			depth := p.depth
-			p.mu.Unlock()
-			p.log.Warn("nats spool replay interrupted; resuming later", "error", err, "spool_depth", depth)
+			p.log.Warn("nats spool replay interrupted; resuming later", "error", err, "spool_depth", p.sp.pending())
 			continue
 		}
-		p.commit(e)
+		p.sp.advance(e.rec.seq, e.end)
 		p.maybeWriteHead(false)
 	}
 }
 
-func (p *Publisher) headPos() spoolPos {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.head
-}
-
-// commit moves the head past an acknowledged (or skipped) record.
-func (p *Publisher) commit(e *replayEntry) {
-	p.mu.Lock()
-	p.head = e.end
-	if p.depth > 0 {
-		p.depth--
-	}
-	delete(p.skip, e.rec.seq)
-	if len(p.sp.segs) > 0 {
-		if first := p.sp.segs[0]; first.sealed && (first.idx < p.head.idx || (first.idx == p.head.idx && p.head.off >= first.size)) {
-			p.sp.dropBefore(p.head)
-		}
-	}
-	p.updateSpoolGaugesLocked()
-	p.mu.Unlock()
-}
-
 // maybeWriteHead persists the replay position (at most every 200ms).
 func (p *Publisher) maybeWriteHead(force bool) {
-	if !force && time.Since(p.lastHead) < headCheckpointEvery {
+	if !force && time.Since(p.replay.lastHead) < headCheckpointEvery {
 		return
 	}
-	p.lastHead = time.Now()
+	p.replay.lastHead = time.Now()
 	p.mu.Lock()
-	head, spooling := p.head, p.spooling
+	spooling := p.spooling
+	head := p.sp.position()
 	p.mu.Unlock()
 	if !spooling || head.idx == 0 {
 		return
@@ -238,50 +224,42 @@ func (p *Publisher) maybeWriteHead(force bool) {
 }
 
 // tryFinishReplay deletes the spool and returns to direct publishing if
-// every spooled record has been acknowledged.
+// every spooled record has been acknowledged. It holds Publisher.mu, the
+// lock appends take, from the check to the switch, so nothing can be
+// appended in between.
 func (p *Publisher) tryFinishReplay() bool {
 	p.mu.Lock()
-	if !p.spooling || p.inflight.len() > 0 || p.sp.hasRecordsAfter(p.head) {
+	if !p.spooling || p.direct.inflight.len() > 0 {
 		p.mu.Unlock()
 		return false
 	}
-	p.sp.reset()
-	p.head = spoolPos{}
-	p.depth = 0
-	clear(p.skip)
+	b, ok := p.sp.resetIfDrained()
+	if !ok {
+		p.mu.Unlock()
+		return false
+	}
 	p.spooling = false
 	// Records still waiting for their fsync have all been acknowledged.
-	b := p.batch
-	p.batch = syncBatch{}
-	p.resolveBatchLocked(&b, nil)
-	p.reader.closeFile()
-	p.reader.seek(spoolPos{})
-	p.updateSpoolGaugesLocked()
+	p.flush.settleBatch(&b, nil)
+	p.replay.reader.closeFile()
+	p.replay.reader.seek(spoolPos{})
 	p.mu.Unlock()
 	p.log.Info("nats spool drained; publishing directly to JetStream")
-	wake(p.dispatchWake)
-	wake(p.notifyWake)
+	wake(p.direct.wake)
+	wake(p.health.wake)
 	return true
 }
 
 // readNext reads the record at the reader's position, moving across
 // segments; ok is false when there is nothing more to read now.
 func (p *Publisher) readNext() (rec spoolRecord, start, end spoolPos, ok bool) {
-	r := &p.reader
+	r := &p.replay.reader
 	for {
-		p.mu.Lock()
-		sg := p.sp.find(max(r.pos.idx, 1))
-		var size int64
-		var sealed bool
-		var path string
-		var idx uint64
-		if sg != nil {
-			size, sealed, path, idx = sg.size, sg.sealed, sg.path, sg.idx
-		}
-		p.mu.Unlock()
-		if sg == nil {
+		sg, found := p.sp.segmentFrom(max(r.pos.idx, 1))
+		if !found {
 			return rec, start, end, false
 		}
+		size, sealed, path, idx := sg.size, sg.sealed, sg.path, sg.idx
 		if idx != r.pos.idx || r.pos.off < segHeaderLen {
 			r.seek(spoolPos{idx: idx, off: max(segHeaderLen, offIfSame(r.pos, idx))})
 		}
@@ -340,13 +318,28 @@ func offIfSame(p spoolPos, idx uint64) int64 {
 func (p *Publisher) skipCorrupt(idx uint64, off int64, err error) {
 	p.log.Error("nats spool: unreadable record; skipping the rest of the segment", "segment", idx, "offset", off, "error", err)
 	p.met.spoolErrs.Inc()
-	p.mu.Lock()
-	if sg := p.sp.find(idx); sg != nil && sg.idx == idx {
-		if last := p.sp.last(); last == sg {
-			p.sp.seal()
-		}
-		sg.size = min(sg.size, off) // the unreadable rest no longer counts
+	p.sp.cutSegment(idx, off)
+	p.replay.reader.seek(spoolPos{idx: idx + 1, off: segHeaderLen})
+}
+
+// storedAlready reports whether a write-once message (expected last
+// subject sequence 0) refused with "wrong last sequence" is refused because
+// the same message — the same Nats-Msg-Id — is already on its subject.
+// JetStream checks the expected sequence before its duplicate window, so a
+// spooled copy of a message whose ack was lost in an outage is refused
+// rather than deduplicated.
+func (p *Publisher) storedAlready(m *Message, err error) bool {
+	var apiErr *jetstream.APIError
+	if m.Header["Nats-Expected-Last-Subject-Sequence"] != "0" || !errors.As(err, &apiErr) ||
+		(apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return false
 	}
-	p.mu.Unlock()
-	p.reader.seek(spoolPos{idx: idx + 1, off: segHeaderLen})
+	ctx, cancel := context.WithTimeout(context.Background(), DirectReadTimeout)
+	defer cancel()
+	stream, serr := p.js.StreamNameBySubject(ctx, m.Subject)
+	if serr != nil {
+		return false
+	}
+	stored, gerr := Last(ctx, p.js, stream, m.Subject)
+	return gerr == nil && stored.Header.Get(jetstream.MsgIDHeader) == m.MsgID
 }

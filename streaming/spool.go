@@ -36,8 +36,9 @@ import (
 // record: recovery truncates a segment at its first record that is short or
 // fails its CRC.
 //
-// Everything here that mutates state is guarded by Publisher.mu; the syncer
-// fsyncs files outside that lock (see Publisher.syncOnce).
+// A spool has no lock of its own: its one owner, spoolLog
+// (publisher_spool.go), calls it under spoolLog.mu; the group commit
+// fsyncs the files it hands over outside that lock (groupCommit.syncOnce).
 
 const (
 	spoolMagic      = "KGSPOOL1"
@@ -562,7 +563,7 @@ func (s *spool) close() {
 }
 
 // spoolReader reads records sequentially for replay. It only reads up to the
-// sizes the writer has published (under Publisher.mu), so it never sees a
+// sizes the writer has published (under spoolLog.mu), so it never sees a
 // half-written record.
 type spoolReader struct {
 	pos    spoolPos

@@ -1,7 +1,8 @@
 // Package telemetry owns kgentsd's logs and traces: the slog logger (every
-// line carries the request id and trace id of its context), request ids, and
+// line carries the request id and trace id of its context), request ids,
 // the OpenTelemetry tracer provider (exporting over OTLP only when an
-// endpoint is configured).
+// endpoint is configured), and the registration of Prometheus collectors
+// that several components share.
 package telemetry
 
 import (

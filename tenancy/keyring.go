@@ -16,7 +16,7 @@ import (
 
 // Identity is the authenticated caller, carried in the request context.
 type Identity struct {
-	KeyID      string // non-secret key identifier (hash prefix)
+	KeyID      string // non-secret key identifier: a managed key's public id, or Key.ID (never a piece of the hash)
 	TenantID   string
 	UserID     string
 	Tier       Tier
@@ -24,6 +24,35 @@ type Identity struct {
 	Archetypes []string
 	// Limits are the tenant's tier limits narrowed by the key's own.
 	Limits Limits
+	// KeyPublicID is a control-plane key's public id ("key_…"); empty for
+	// a key of the key file or a dev key.
+	KeyPublicID string
+	// TenantStatus is the tenant's standing; empty means active (the key
+	// file's and dev tenants are always active).
+	TenantStatus TenantStatus
+	// GraceUntil is when a past_due tenant stops working (zero: no end).
+	GraceUntil time.Time
+	// ReadOnly marks a key of the key file or a dev key: it and its tenant
+	// cannot be changed through the API.
+	ReadOnly bool
+}
+
+// Inactive reports whether the tenant may not make ordinary calls at now:
+// a suspended or canceled tenant, or a past_due one after its grace. It
+// returns the error code for the response ("tenant_suspended",
+// "tenant_canceled") and a detail saying what to do; "" when active.
+func (id *Identity) Inactive(now time.Time) (code, detail string) {
+	switch id.TenantStatus {
+	case StatusSuspended:
+		return "tenant_suspended", "This tenant is suspended. Settle the account at /v1/billing/portal or contact support to restore access."
+	case StatusCanceled:
+		return "tenant_canceled", "This tenant's subscription is canceled. Subscribe again at /v1/billing/checkout to restore access."
+	case StatusPastDue:
+		if !id.GraceUntil.IsZero() && !now.Before(id.GraceUntil) {
+			return "tenant_suspended", "Payment is past due and the grace period has ended. Update the payment method at /v1/billing/portal to restore access."
+		}
+	}
+	return "", ""
 }
 
 // AllowsArchetype reports whether the key was given the AGENTESE archetype.
@@ -157,6 +186,7 @@ func (k *Keyring) Reload() error {
 			Scopes:     key.Scopes,
 			Archetypes: key.Archetypes,
 			Limits:     k.tiers[t.Tier].Narrow(key.Limits),
+			ReadOnly:   true,
 		}
 	}
 	k.snap.Store(s)
@@ -195,7 +225,13 @@ func (k *Keyring) Authenticate(raw string) (*Identity, error) {
 	if !strings.HasPrefix(raw, KeyPrefix) || len(raw) > 256 {
 		return nil, ErrKeyFormat
 	}
-	h := HashKey(raw)
+	return k.AuthenticateHash(HashKey(raw))
+}
+
+// AuthenticateHash is Authenticate for a key already checked for format
+// and hashed (the control plane's authenticator hashes once for both
+// sources).
+func (k *Keyring) AuthenticateHash(h [32]byte) (*Identity, error) {
 	s := k.snap.Load()
 	id, ok := s.identities[h]
 	if !ok {
@@ -211,6 +247,30 @@ func (k *Keyring) Authenticate(raw string) (*Identity, error) {
 func (k *Keyring) Tenant(id string) (*Tenant, bool) {
 	t, ok := k.snap.Load().tenants[id]
 	return t, ok
+}
+
+// Tenants returns the tenants of the key file and the dev keys, by id.
+func (k *Keyring) Tenants() []*Tenant {
+	s := k.snap.Load()
+	out := make([]*Tenant, 0, len(s.tenants))
+	for _, t := range s.tenants {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b *Tenant) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Keys returns the keys of one tenant of the key file or the dev keys.
+func (k *Keyring) Keys(tenantID string) []*Key {
+	s := k.snap.Load()
+	var out []*Key
+	for _, key := range s.keys {
+		if key.TenantID == tenantID {
+			out = append(out, key)
+		}
+	}
+	slices.SortFunc(out, func(a, b *Key) int { return strings.Compare(a.ID(), b.ID()) })
+	return out
 }
 
 // Tiers returns the tier table in force.

@@ -21,6 +21,8 @@ const (
 	ScopeRead Scope = 1 << iota
 	ScopeWrite
 	ScopeAdmin
+	// ScopeOperator is every tenant's control plane (SPEC §4.13).
+	ScopeOperator
 )
 
 // Has reports whether s includes all of want.
@@ -31,7 +33,7 @@ func (s Scope) String() string {
 	for _, p := range []struct {
 		bit  Scope
 		name string
-	}{{ScopeRead, "read"}, {ScopeWrite, "write"}, {ScopeAdmin, "admin"}} {
+	}{{ScopeRead, "read"}, {ScopeWrite, "write"}, {ScopeAdmin, "admin"}, {ScopeOperator, "operator"}} {
 		if s.Has(p.bit) {
 			parts = append(parts, p.name)
 		}
@@ -48,8 +50,51 @@ func ParseScope(s string) (Scope, error) {
 		return ScopeWrite, nil
 	case "admin":
 		return ScopeAdmin, nil
+	case "operator":
+		return ScopeOperator, nil
 	}
-	return 0, fmt.Errorf("unknown scope %q (read, write, admin)", s)
+	return 0, fmt.Errorf("unknown scope %q (read, write, admin, operator)", s)
+}
+
+// Names lists the scope names of s, in table order ("read", "write", ...).
+func (s Scope) Names() []string {
+	if s == 0 {
+		return []string{}
+	}
+	return strings.Split(s.String(), ",")
+}
+
+// ParseScopes reads a list of scope names into a set.
+func ParseScopes(names []string) (Scope, error) {
+	var out Scope
+	for _, n := range names {
+		sc, err := ParseScope(n)
+		if err != nil {
+			return 0, err
+		}
+		out |= sc
+	}
+	return out, nil
+}
+
+// TenantStatus is a tenant's standing (SPEC §4.13).
+type TenantStatus string
+
+// The tenant statuses.
+const (
+	StatusActive    TenantStatus = "active"
+	StatusPastDue   TenantStatus = "past_due"
+	StatusSuspended TenantStatus = "suspended"
+	StatusCanceled  TenantStatus = "canceled"
+)
+
+// ParseTenantStatus reads a status name case-insensitively.
+func ParseTenantStatus(s string) (TenantStatus, error) {
+	switch st := TenantStatus(strings.ToLower(strings.TrimSpace(s))); st {
+	case StatusActive, StatusPastDue, StatusSuspended, StatusCanceled:
+		return st, nil
+	}
+	return "", fmt.Errorf("unknown status %q (active, past_due, suspended, canceled)", s)
 }
 
 // KeyLimits narrow a tenant's limits for one key; zero leaves a limit as is.
@@ -77,12 +122,38 @@ type Key struct {
 	Limits     KeyLimits
 }
 
-// ID is a short, non-secret key identifier for logs and metrics exemplars:
-// the first 12 hex digits of the hash.
-func (k *Key) ID() string { return hex.EncodeToString(k.Hash[:6]) }
+// ID is a short, non-secret key identifier for logs, the API ("file_…")
+// and audit actors: 12 hex digits of SHA-256(keyIDDomain ‖ Hash). It is not
+// a prefix of the stored hash (the key file's sha256): the domain-separated
+// second hash makes it a value of its own, so logs and responses carry no
+// piece of any stored hash, and an id says nothing about the secret beyond
+// what checking a guessed secret against it would (as with any public id
+// derived from a key; the secrets are 190 random bits).
+func (k *Key) ID() string { return PublicKeyID(k.Hash) }
+
+// keyIDDomain separates the public key id from every other use of a key's hash.
+const keyIDDomain = "kgents public key id v1\x00"
+
+// PublicKeyID is the public id of the key whose SHA-256 is hash (Key.ID).
+func PublicKeyID(hash [32]byte) string {
+	var buf [len(keyIDDomain) + 32]byte
+	n := copy(buf[:], keyIDDomain)
+	copy(buf[n:], hash[:])
+	id := sha256.Sum256(buf[:])
+	return hex.EncodeToString(id[:6])
+}
 
 // HashKey returns the SHA-256 of a raw API key.
-func HashKey(raw string) [32]byte { return sha256.Sum256([]byte(raw)) }
+func HashKey(raw string) [32]byte {
+	// Copied into a stack buffer: []byte(raw) of a key longer than 32
+	// bytes (every kg_live_ key) would be a heap allocation per request.
+	var buf [128]byte
+	if len(raw) <= len(buf) {
+		n := copy(buf[:], raw)
+		return sha256.Sum256(buf[:n])
+	}
+	return sha256.Sum256([]byte(raw))
+}
 
 // KeyPrefix is what every kgents API key starts with.
 const KeyPrefix = "kg_"
@@ -97,6 +168,8 @@ const (
 	DevTenantPro        = "00000000-0000-0000-0000-000000000001"
 	DevTenantFree       = "00000000-0000-0000-0000-000000000002"
 	DevTenantEnterprise = "00000000-0000-0000-0000-000000000003"
+	// DevTenantOps holds kg_dev_ops, the operator key (SPEC §4.13).
+	DevTenantOps = "00000000-0000-0000-0000-000000000004"
 )
 
 func devEntries() ([]*Tenant, []*Key) {
@@ -104,6 +177,7 @@ func devEntries() ([]*Tenant, []*Key) {
 		{ID: DevTenantPro, Name: "Development (pro)", Tier: TierPro},
 		{ID: DevTenantFree, Name: "Development (free)", Tier: TierFree},
 		{ID: DevTenantEnterprise, Name: "Development (enterprise)", Tier: TierEnterprise},
+		{ID: DevTenantOps, Name: "Development (operators)", Tier: TierEnterprise},
 	}
 	allArchetypes := []string{"developer", "architect", "poet", "economist", "inhabitant", "scientist", "admin",
 		"philosopher", "engineer", "artist", "teacher"}
@@ -111,6 +185,7 @@ func devEntries() ([]*Tenant, []*Key) {
 		{Hash: HashKey("kg_dev_alice"), TenantID: DevTenantFree, UserID: "user_alice", Scopes: ScopeRead, Archetypes: DefaultArchetypes},
 		{Hash: HashKey("kg_dev_bob"), TenantID: DevTenantPro, UserID: "user_bob", Scopes: ScopeRead | ScopeWrite, Archetypes: []string{"developer", "architect"}},
 		{Hash: HashKey("kg_dev_carol"), TenantID: DevTenantEnterprise, UserID: "user_carol", Scopes: ScopeRead | ScopeWrite | ScopeAdmin, Archetypes: allArchetypes},
+		{Hash: HashKey("kg_dev_ops"), TenantID: DevTenantOps, UserID: "user_ops", Scopes: ScopeRead | ScopeWrite | ScopeAdmin | ScopeOperator, Archetypes: allArchetypes},
 	}
 	return tenants, keys
 }

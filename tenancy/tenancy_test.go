@@ -30,6 +30,7 @@ func TestDevKeys(t *testing.T) {
 		{"kg_dev_alice", tenancy.DevTenantFree, tenancy.TierFree, "read", "user_alice"},
 		{"kg_dev_bob", tenancy.DevTenantPro, tenancy.TierPro, "read,write", "user_bob"},
 		{"kg_dev_carol", tenancy.DevTenantEnterprise, tenancy.TierEnterprise, "read,write,admin", "user_carol"},
+		{"kg_dev_ops", tenancy.DevTenantOps, tenancy.TierEnterprise, "read,write,admin,operator", "user_ops"},
 	}
 	for _, tc := range cases {
 		id, err := k.Authenticate(tc.key)
@@ -39,8 +40,9 @@ func TestDevKeys(t *testing.T) {
 		if id.TenantID != tc.tenant || id.Tier != tc.tier || id.Scopes.String() != tc.scopes || id.UserID != tc.user {
 			t.Errorf("%s = %+v", tc.key, id)
 		}
-		if strings.Contains(id.KeyID, tc.key) || len(id.KeyID) != 12 {
-			t.Errorf("KeyID %q must be a non-secret hash prefix", id.KeyID)
+		h := tenancy.HashKey(tc.key)
+		if strings.Contains(id.KeyID, tc.key) || len(id.KeyID) != 12 || strings.Contains(hex.EncodeToString(h[:]), id.KeyID[:8]) {
+			t.Errorf("KeyID %q must be a non-secret id, not a piece of the key's hash", id.KeyID)
 		}
 	}
 	off, err := tenancy.NewKeyring(tenancy.KeyringOptions{DevKeys: false})

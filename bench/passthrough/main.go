@@ -1,17 +1,23 @@
 // Command passthrough is the load benchmark's baseline: the same REST route
 // (POST /v1/soul/dialogue) through a bare grpc-gateway to a gRPC server over
 // loopback, with no interceptors, the stock JSON marshaler and a handler
-// that does no work. kgentsd's figures are read against it (docs/benchmarks.md).
+// that does no work; that gRPC server, on -grpc, is the native baseline (a
+// bare grpc-go server answering the same message). kgentsd's figures are
+// read against them (docs/benchmarks.md). GET /mallocs on the HTTP address
+// answers the process's heap allocations so far (runtime/metrics), for
+// allocations per call.
 //
-//	go run ./bench/passthrough -http 127.0.0.1:18090
+//	go run ./bench/passthrough -http 127.0.0.1:18090 -grpc 127.0.0.1:18091
 package main
 
 import (
 	"context"
 	"flag"
+	"fmt"
 	"log"
 	"net"
 	"net/http"
+	"runtime/metrics"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
@@ -30,8 +36,9 @@ func (echo) Dialogue(_ context.Context, req *soulv1.DialogueRequest) (*soulv1.Di
 
 func main() {
 	httpAddr := flag.String("http", "127.0.0.1:18090", "HTTP listen address")
+	grpcAddr := flag.String("grpc", "127.0.0.1:0", "gRPC listen address (the bare grpc-go baseline)")
 	flag.Parse()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", *grpcAddr)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -42,10 +49,17 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	mux := runtime.NewServeMux()
-	if err := soulv1.RegisterSoulServiceHandler(context.Background(), mux, conn); err != nil {
+	gw := runtime.NewServeMux()
+	if err := soulv1.RegisterSoulServiceHandler(context.Background(), gw, conn); err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("pass-through on http://%s", *httpAddr)
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", gw)
+	mux.HandleFunc("GET /mallocs", func(w http.ResponseWriter, _ *http.Request) {
+		s := []metrics.Sample{{Name: "/gc/heap/allocs:objects"}}
+		metrics.Read(s)
+		_, _ = fmt.Fprintln(w, s[0].Value.Uint64())
+	})
+	log.Printf("pass-through on http://%s, bare gRPC on %s", *httpAddr, lis.Addr())
 	log.Fatal(http.ListenAndServe(*httpAddr, mux))
 }

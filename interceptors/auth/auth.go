@@ -11,7 +11,10 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -38,6 +41,13 @@ type Rule struct {
 	// AGENTESE invocation of a mutating aspect needs write). It returns the
 	// scope needed and the action for the message.
 	ScopeFor func(req any) (tenancy.Scope, string)
+	// AllowInactiveTenant lets a suspended or canceled tenant (or a
+	// past_due one after its grace) make the call, so it can see its state
+	// and pay: GET /v1/tenant, usage, billing, key listing (SPEC §4.13).
+	// Without it such a tenant's call fails with 402 (FailedPrecondition
+	// carrying an ErrorInfo whose reason is "tenant_suspended" or
+	// "tenant_canceled", see TenantInactiveError).
+	AllowInactiveTenant bool
 }
 
 // Rules is the table: full method name -> rule, plus whole public services.
@@ -86,10 +96,45 @@ func (i *Interceptor) authenticate(ctx context.Context, method string) (context.
 	if err := checkScope(id, rule.Scope, rule.Action); err != nil {
 		return nil, rule, err
 	}
+	if !rule.AllowInactiveTenant {
+		if code, detail := id.Inactive(time.Now()); code != "" {
+			return nil, rule, TenantInactiveError(code, detail)
+		}
+	}
 	if t := interceptors.TagsFrom(ctx); t != nil {
 		t.TenantID, t.KeyID = id.TenantID, id.KeyID
 	}
 	return tenancy.WithIdentity(ctx, id), rule, nil
+}
+
+// TenantInactiveDomain is the ErrorInfo domain of a refusal for a tenant's
+// status; the REST layer answers such a FailedPrecondition with 402 and the
+// reason as the body's code.
+const TenantInactiveDomain = "kgents.tenant"
+
+// TenantInactiveError is the refusal of a suspended or canceled tenant's
+// call: FailedPrecondition with an ErrorInfo {reason: code ("tenant_suspended",
+// "tenant_canceled"), domain: TenantInactiveDomain}; detail is the message.
+func TenantInactiveError(code, detail string) error {
+	st, err := status.New(codes.FailedPrecondition, detail).WithDetails(&errdetails.ErrorInfo{Reason: code, Domain: TenantInactiveDomain})
+	if err != nil {
+		return status.Error(codes.FailedPrecondition, detail)
+	}
+	return st.Err()
+}
+
+// TenantInactiveCode returns the reason of a TenantInactiveError ("" for
+// any other status).
+func TenantInactiveCode(st *status.Status) string {
+	if st.Code() != codes.FailedPrecondition {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == TenantInactiveDomain {
+			return ei.GetReason()
+		}
+	}
+	return ""
 }
 
 func checkScope(id *tenancy.Identity, need tenancy.Scope, action string) error {
@@ -128,27 +173,27 @@ func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
 		if err != nil {
 			return err
 		}
+		w := interceptors.WithContext(ss, ctx)
 		if rule.ScopeFor != nil {
-			return handler(srv, &scopedStream{ServerStream: ss, ctx: ctx, scopeFor: rule.ScopeFor})
+			return handler(srv, &scopedStream{WrappedServerStream: w, scopeFor: rule.ScopeFor})
 		}
-		return handler(srv, interceptors.WithContext(ss, ctx))
+		return handler(srv, w)
 	}
 }
 
+// scopedStream checks each request it receives against the method's
+// request-dependent scope.
 type scopedStream struct {
-	grpc.ServerStream
-	ctx      context.Context
+	*middleware.WrappedServerStream
 	scopeFor func(req any) (tenancy.Scope, string)
 }
 
-func (s *scopedStream) Context() context.Context { return s.ctx }
-
 func (s *scopedStream) RecvMsg(m any) error {
-	if err := s.ServerStream.RecvMsg(m); err != nil {
+	if err := s.WrappedServerStream.RecvMsg(m); err != nil {
 		return err
 	}
 	need, action := s.scopeFor(m)
-	return checkScope(tenancy.IdentityFrom(s.ctx), need, action)
+	return checkScope(tenancy.IdentityFrom(s.Context()), need, action)
 }
 
 // keyFromContext is KeyFromMetadata reading only the two keys it needs.

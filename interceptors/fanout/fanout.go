@@ -3,66 +3,75 @@ package fanout
 import (
 	"context"
 	"log/slog"
+	"time"
 
+	mwinterceptors "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
+	"github.com/kgents/kgents-go/interceptors"
 	"github.com/kgents/kgents-go/streaming"
 )
 
-// Interceptor puts the Sink into the context of session-scoped calls (the
-// methods that produce session events); other calls are untouched.
+// Interceptor tags session-scoped calls with their session id.
 type Interceptor struct {
-	sink    Sink
-	methods map[string]bool
+	methods interceptors.Methods
 }
 
-// New returns the interceptor for the given full method names.
-func New(sink Sink, methods []string) *Interceptor {
-	m := make(map[string]bool, len(methods))
-	for _, name := range methods {
-		m[name] = true
-	}
-	return &Interceptor{sink: sink, methods: m}
+// New returns the interceptor for the given full method names (the calls
+// whose request names a session).
+func New(methods []string) *Interceptor {
+	return &Interceptor{methods: interceptors.MethodSet(methods...)}
 }
 
-// Unary is the unary interceptor.
+// Unary is the unary interceptor; other methods pass through (selector).
 func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if i.methods[info.FullMethod] {
-			ctx = WithSink(ctx, i.sink)
-		}
-		return handler(ctx, req)
-	}
+	return selector.UnaryServerInterceptor(mwinterceptors.UnaryServerInterceptor(i), i.methods)
 }
 
-// Stream is the stream interceptor.
+// Stream is the stream interceptor; other methods pass through (selector).
 func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if i.methods[info.FullMethod] {
-			ss = &sinkStream{ServerStream: ss, ctx: WithSink(ss.Context(), i.sink)}
-		}
-		return handler(srv, ss)
+	return selector.StreamServerInterceptor(mwinterceptors.StreamServerInterceptor(i), i.methods)
+}
+
+// ServerReporter implements go-grpc-middleware's Reportable: the request,
+// once received, names the session.
+func (i *Interceptor) ServerReporter(ctx context.Context, _ mwinterceptors.CallMeta) (mwinterceptors.Reporter, context.Context) {
+	return &sessionTagger{ctx: ctx}, ctx
+}
+
+// sessionTagger records the session id of the call's request.
+type sessionTagger struct {
+	mwinterceptors.NoopReporter
+	ctx    context.Context
+	tagged bool
+}
+
+func (r *sessionTagger) PostMsgReceive(req any, err error, _ time.Duration) {
+	s, ok := req.(interface{ GetSessionId() string })
+	if err != nil || !ok || r.tagged || s.GetSessionId() == "" {
+		return
 	}
+	r.tagged = true
+	if tags := interceptors.TagsFrom(r.ctx); tags != nil {
+		tags.SessionID = s.GetSessionId()
+	}
+	trace.SpanFromContext(r.ctx).SetAttributes(attribute.String("kgents.session_id", s.GetSessionId()))
 }
-
-type sinkStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *sinkStream) Context() context.Context { return s.ctx }
 
 // MessagePublisher publishes to JetStream durably (*streaming.Publisher):
 // directly when NATS is up, through the local spool while it is not.
 type MessagePublisher interface {
 	Publish(m streaming.Message)
+	// Spooling reports that messages go to the local spool for now.
+	Spooling() bool
 }
 
-// Publisher is the production Sink: every event goes to this replica's hub
+// Publisher is the Sessions service's event sink: every event goes to this replica's hub
 // at once (same-replica watchers, also while NATS is down) and to JetStream
 // for watchers elsewhere and for history.
 type Publisher struct {
@@ -91,7 +100,7 @@ func NewPublisher(hub *streaming.Hub, pub MessagePublisher, tp trace.TracerProvi
 	return p
 }
 
-// Publish implements Sink.
+// Publish hands ev to the hub and to JetStream.
 func (p *Publisher) Publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent) {
 	typ := streaming.EventType(ev)
 	p.published.WithLabelValues(typ).Inc()
@@ -104,12 +113,18 @@ func (p *Publisher) Publish(ctx context.Context, tenantID string, ev *sessionsv1
 		p.log.Error("session event not encodable", "session_id", ev.GetSessionId(), "error", err)
 		return
 	}
-	p.pub.Publish(streaming.Message{
+	m := streaming.Message{
 		Subject: streaming.SessionSubject(ev.GetSessionId(), typ),
 		Data:    data,
 		MsgID:   streaming.EventMsgID(ev),
 		Header:  map[string]string{streaming.HeaderTenant: tenantID, streaming.HeaderEventID: ev.GetId()},
-	})
+	}
+	if p.pub.Spooling() {
+		// The durable copy waits in the spool; watchers on other replicas
+		// get the event live anyway (a core publish while connected).
+		p.hub.Broadcast(m)
+	}
+	p.pub.Publish(m)
 	if p.tracer != nil && (typ == "complete" || typ == "error") {
 		// One span per turn's end, not per chunk: enough to find a turn's
 		// fan-out in a trace without a span per word.

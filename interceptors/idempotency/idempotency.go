@@ -10,11 +10,13 @@ package idempotency
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -25,13 +27,16 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/kgents/kgents-go/interceptors"
+	"github.com/kgents/kgents-go/interceptors/metering"
 	"github.com/kgents/kgents-go/tenancy"
 )
 
 // MaxKeyLength is the longest accepted key (Stripe's limit).
 const MaxKeyLength = 255
 
-// maxKept bounds what is kept of one response.
+// maxKept bounds what is kept of one response, as stored: each message is
+// base64 in the entry's JSON, so it counts 4/3 of its size. The entry must
+// stay below NATS's 1 MiB payload limit (and the bucket's MaxValueSize).
 const maxKept = 900 << 10
 
 // ReplayHeader marks a replayed response (HTTP: Idempotent-Replayed: true).
@@ -40,7 +45,7 @@ const ReplayHeader = "idempotent-replayed"
 // Interceptor applies idempotency to the listed methods.
 type Interceptor struct {
 	store      Store
-	methods    map[string]bool
+	methods    interceptors.Methods
 	staleAfter time.Duration
 	log        *slog.Logger
 }
@@ -48,11 +53,7 @@ type Interceptor struct {
 // New returns the interceptor for methods (full names). A running entry
 // older than staleAfter is presumed abandoned by a dead replica.
 func New(store Store, methods []string, staleAfter time.Duration, log *slog.Logger) *Interceptor {
-	m := make(map[string]bool, len(methods))
-	for _, name := range methods {
-		m[name] = true
-	}
-	return &Interceptor{store: store, methods: m, staleAfter: staleAfter, log: log}
+	return &Interceptor{store: store, methods: interceptors.MethodSet(methods...), staleAfter: staleAfter, log: log}
 }
 
 // keyFor reads and checks the call's key; "" when there is none.
@@ -144,6 +145,8 @@ func setUsageID(ctx context.Context, id string) {
 	if t := interceptors.TagsFrom(ctx); t != nil {
 		t.UsageID = id
 	}
+	// Also where metering's durable records read it, off the call's goroutine.
+	metering.RecorderFrom(ctx).SetUsageID(id)
 }
 
 // finish keeps a successful outcome or forgets a failed one.
@@ -165,7 +168,7 @@ func (i *Interceptor) finish(ctx context.Context, r *run, msgs []proto.Message, 
 			break
 		}
 		b, _ := proto.Marshal(a)
-		if size += len(b); size > maxKept {
+		if size += base64.StdEncoding.EncodedLen(len(b)) + 3; size > maxKept { // "…",
 			e.TooLarge, e.Messages = true, nil
 			break
 		}
@@ -187,93 +190,113 @@ func decode(raw []byte) (proto.Message, error) {
 
 // Unary is the unary interceptor.
 func (i *Interceptor) Unary() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if !i.methods[info.FullMethod] {
-			return handler(ctx, req)
-		}
-		pm, ok := req.(proto.Message)
-		if !ok {
-			return handler(ctx, req)
-		}
-		r, replay, err := i.claim(ctx, info.FullMethod, pm)
-		switch {
-		case err != nil:
-			return nil, err
-		case replay != nil:
-			if len(replay.Messages) != 1 {
-				return nil, status.Error(codes.Internal, "stored idempotent response is malformed")
-			}
-			resp, err := decode(replay.Messages[0])
-			if err != nil {
-				return nil, status.Error(codes.Internal, "stored idempotent response is unreadable")
-			}
-			_ = grpc.SetHeader(ctx, metadata.Pairs(ReplayHeader, "true"))
-			return resp, nil
-		case r == nil:
-			return handler(ctx, req)
-		}
-		resp, err := handler(ctx, req)
-		var kept []proto.Message
-		if m, ok := resp.(proto.Message); ok && err == nil {
-			kept = []proto.Message{m}
-		}
-		i.finish(ctx, r, kept, err)
-		return resp, err
+	return selector.UnaryServerInterceptor(i.unary, i.methods)
+}
+
+func (i *Interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	pm, ok := req.(proto.Message)
+	if !ok {
+		return handler(ctx, req)
 	}
+	r, replay, err := i.claim(ctx, info.FullMethod, pm)
+	switch {
+	case err != nil:
+		return nil, err
+	case replay != nil:
+		if len(replay.Messages) != 1 {
+			return nil, status.Error(codes.Internal, "stored idempotent response is malformed")
+		}
+		resp, err := decode(replay.Messages[0])
+		if err != nil {
+			return nil, status.Error(codes.Internal, "stored idempotent response is unreadable")
+		}
+		_ = grpc.SetHeader(ctx, metadata.Pairs(ReplayHeader, "true"))
+		return resp, nil
+	case r == nil:
+		return handler(ctx, req)
+	}
+	resp, err := handler(ctx, req)
+	var kept []proto.Message
+	if m, ok := resp.(proto.Message); ok && err == nil {
+		kept = []proto.Message{m}
+	}
+	i.finish(ctx, r, kept, err)
+	return resp, err
 }
 
 // Stream is the stream interceptor for server-streaming methods: it
 // receives the request itself (to hash it) and hands it to the handler.
 func (i *Interceptor) Stream() grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		if !i.methods[info.FullMethod] || !info.IsServerStream || info.IsClientStream {
-			return handler(srv, ss)
-		}
-		if k, err := keyFor(ss.Context()); err != nil {
-			return err
-		} else if k == "" {
-			return handler(srv, ss)
-		}
-		req, err := newRequest(info.FullMethod)
-		if err != nil {
-			return handler(srv, ss)
-		}
-		if err := ss.RecvMsg(req); err != nil {
-			return err
-		}
-		r, replay, err := i.claim(ss.Context(), info.FullMethod, req)
-		switch {
-		case err != nil:
-			return err
-		case replay != nil:
-			if err := ss.SendHeader(metadata.Pairs(ReplayHeader, "true", interceptors.MDStreamOpen, "open")); err != nil {
-				return err
-			}
-			for _, raw := range replay.Messages {
-				m, err := decode(raw)
-				if err != nil {
-					return status.Error(codes.Internal, "stored idempotent response is unreadable")
-				}
-				if err := ss.SendMsg(m); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		w := &recordingStream{ServerStream: ss, req: req, record: r != nil}
-		err = handler(srv, w)
-		if r != nil {
-			keepErr := err
-			// A caller that left mid-stream did not stop the work (a turn
-			// runs to its end): keep what was produced, so its retry gets
-			// the stored result instead of running the turn twice.
-			if status.Code(err) == codes.Canceled && len(w.sent) > 0 {
-				keepErr = nil
-			}
-			i.finish(ss.Context(), r, w.sent, keepErr)
-		}
+	return selector.StreamServerInterceptor(i.stream, i.methods)
+}
+
+func (i *Interceptor) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !info.IsServerStream || info.IsClientStream {
+		return handler(srv, ss) // only a server stream's one request can be hashed
+	}
+	if k, err := keyFor(ss.Context()); err != nil {
+		return err
+	} else if k == "" {
+		return handler(srv, ss)
+	}
+	req, err := newRequest(info.FullMethod)
+	if err != nil {
+		return handler(srv, ss)
+	}
+	if err := ss.RecvMsg(req); err != nil {
 		return err
 	}
+	r, replay, err := i.claim(ss.Context(), info.FullMethod, req)
+	switch {
+	case err != nil:
+		return err
+	case replay != nil:
+		if err := ss.SendHeader(metadata.Pairs(ReplayHeader, "true", interceptors.MDStreamOpen, "open")); err != nil {
+			return err
+		}
+		for _, raw := range replay.Messages {
+			m, err := decode(raw)
+			if err != nil {
+				return status.Error(codes.Internal, "stored idempotent response is unreadable")
+			}
+			if err := ss.SendMsg(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	w := &recordingStream{ServerStream: ss, req: req, record: r != nil}
+	err = handler(srv, w)
+	if r != nil {
+		i.finish(ss.Context(), r, w.sent, keepErr(ss.Context(), err, w))
+	}
+	return err
+}
+
+// keepErr is the outcome finish judges a stream by. A caller that left
+// mid-stream (cancelled, or its deadline passed) did not stop the work — a
+// turn runs to its end, and its handler keeps sending into the recording
+// stream — so its error is the caller's, not the run's: what was produced is
+// kept, and the retry replays it instead of running the turn twice. A run
+// that failed while its caller was still there is forgotten as usual.
+func keepErr(ctx context.Context, err error, w *recordingStream) error {
+	if callerLeft(ctx, err, w) {
+		return nil
+	}
+	return err
+}
+
+// callerLeft reports whether a stream ended in error only because its
+// caller had gone while it produced its messages.
+func callerLeft(ctx context.Context, err error, w *recordingStream) bool {
+	if err == nil || len(w.sent) == 0 {
+		return false
+	}
+	switch status.Code(err) {
+	case codes.Canceled, codes.DeadlineExceeded:
+		return w.sendErr != nil || ctx.Err() != nil
+	}
+	return false
 }
 
 // newRequest makes an empty request message for a method, from the
@@ -307,13 +330,15 @@ func newRequest(fullMethod string) (proto.Message, error) {
 
 // recordingStream hands the already-received request to the handler and
 // records what it sends — also what it could not deliver because the caller
-// had gone.
+// had gone: once a send failed, the rest is recorded without being sent
+// (the first failure is returned for every later message).
 type recordingStream struct {
 	grpc.ServerStream
-	req    proto.Message
-	given  bool
-	record bool
-	sent   []proto.Message
+	req     proto.Message
+	given   bool
+	record  bool
+	sent    []proto.Message
+	sendErr error
 }
 
 func (s *recordingStream) RecvMsg(m any) error {
@@ -333,5 +358,12 @@ func (s *recordingStream) SendMsg(m any) error {
 			s.sent = append(s.sent, proto.Clone(pm))
 		}
 	}
-	return s.ServerStream.SendMsg(m)
+	if s.sendErr != nil {
+		return s.sendErr
+	}
+	if err := s.ServerStream.SendMsg(m); err != nil {
+		s.sendErr = err
+		return err
+	}
+	return nil
 }

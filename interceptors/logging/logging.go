@@ -111,6 +111,9 @@ func (r *report) PostCall(err error, d time.Duration) {
 	if r.tags.TenantID != "" {
 		attrs = append(attrs, slog.String("tenant_id", r.tags.TenantID), slog.String("key_id", r.tags.KeyID))
 	}
+	if r.tags.SessionID != "" {
+		attrs = append(attrs, slog.String("session_id", r.tags.SessionID))
+	}
 	if err != nil && code != codes.OK {
 		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))
 	}

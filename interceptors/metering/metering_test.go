@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -29,9 +30,9 @@ type capture struct {
 	events []event.Event
 }
 
-func (c *capture) Emit(ev event.Event) {
+func (c *capture) Emit(events []event.Event) {
 	c.mu.Lock()
-	c.events = append(c.events, ev)
+	c.events = append(c.events, events...)
 	c.mu.Unlock()
 }
 
@@ -252,7 +253,7 @@ func (f *fakeStream) Context() context.Context { return f.ctx }
 
 type discard struct{}
 
-func (discard) Emit(event.Event) {}
+func (discard) Emit([]event.Event) {}
 
 // BenchmarkMeterUnary is one metered dialogue call: api.request and
 // llm.tokens built (the emitter drops them).
@@ -278,13 +279,13 @@ type blockingEmitter struct {
 	release chan struct{}
 }
 
-func (b *blockingEmitter) Emit(ev event.Event) {
+func (b *blockingEmitter) Emit(events []event.Event) {
 	select {
 	case b.entered <- struct{}{}:
 	default:
 	}
 	<-b.release
-	b.capture.Emit(ev)
+	b.capture.Emit(events)
 }
 
 // TestAsyncEmitsOffTheCallAndDrainsOnClose: in async mode the call returns
@@ -349,5 +350,71 @@ func TestAsyncEmitsOffTheCallAndDrainsOnClose(t *testing.T) {
 	}
 	if err := m.Close(ctx); err != nil {
 		t.Errorf("second Close: %v", err)
+	}
+}
+
+// batchEmitter records the size of each Emit, holding the first until
+// release is closed.
+type batchEmitter struct {
+	capture
+	sizes   []int
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *batchEmitter) Emit(events []event.Event) {
+	b.mu.Lock()
+	first := len(b.sizes) == 0
+	b.sizes = append(b.sizes, len(events))
+	b.mu.Unlock()
+	if first {
+		close(b.entered)
+		<-b.release
+	}
+	b.capture.Emit(events)
+}
+
+// TestAsyncBatchesQueuedCalls: calls queued while the worker is busy go
+// out together, in one Emit of at most MaxBatchEvents events; a call on
+// its own goes out alone at once.
+func TestAsyncBatchesQueuedCalls(t *testing.T) {
+	t.Parallel()
+	em := &batchEmitter{entered: make(chan struct{}), release: make(chan struct{})}
+	m := metering.New(em, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Async(1000)
+	ic := m.Unary()
+	handler := func(ctx context.Context, _ any) (any, error) {
+		metering.RecordTokens(ctx, metering.TokenUsage{TokensOut: 5})
+		return "ok", nil
+	}
+	call := func() {
+		if _, err := ic(tenantCtx(""), nil, &grpc.UnaryServerInfo{FullMethod: method}, handler); err != nil {
+			t.Error(err)
+		}
+	}
+	call()
+	<-em.entered       // the worker holds the first call's two events
+	const queued = 100 // 200 events: two batches
+	for range queued {
+		call()
+	}
+	close(em.release)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []int{2, metering.MaxBatchEvents, 2*queued - metering.MaxBatchEvents}
+	if !slices.Equal(em.sizes, want) {
+		t.Fatalf("Emit sizes %v, want %v", em.sizes, want)
+	}
+	if got := len(em.byType("api.request")); got != queued+1 {
+		t.Errorf("%d api.request events, want %d", got, queued+1)
+	}
+	ids := map[string]bool{}
+	for _, e := range em.events {
+		if ids[e.ID()] {
+			t.Fatalf("event id %s emitted twice", e.ID())
+		}
+		ids[e.ID()] = true
 	}
 }

@@ -35,6 +35,7 @@ type SessionUsage struct {
 // tenant's) recording is a no-op.
 type Recorder struct {
 	mu       sync.Mutex
+	usageID  string // Tags.UsageID, safe to read from the durable loop
 	tokens   []TokenUsage
 	invokes  []InvokeUsage
 	sessions []SessionUsage
@@ -105,4 +106,29 @@ func (r *Recorder) TotalTokens() int {
 		n += t.TokensIn + t.TokensOut
 	}
 	return n
+}
+
+// Snapshot returns a copy of what was recorded so far, leaving it in place
+// (for the durable record of a call in flight).
+func (r *Recorder) Snapshot() (tokens []TokenUsage, invokes []InvokeUsage, sessions []SessionUsage) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]TokenUsage(nil), r.tokens...), append([]InvokeUsage(nil), r.invokes...), append([]SessionUsage(nil), r.sessions...)
+}
+
+// SetUsageID notes the usage id the idempotency interceptor gave the call
+// (as it sets Tags.UsageID), where metering's own goroutines may read it.
+func (r *Recorder) SetUsageID(id string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	r.usageID = id
+	r.mu.Unlock()
+}
+
+func (r *Recorder) getUsageID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.usageID
 }

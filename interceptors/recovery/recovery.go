@@ -5,6 +5,7 @@ package recovery
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"runtime/debug"
 
@@ -35,7 +36,9 @@ func New(log *slog.Logger, reg prometheus.Registerer) *Recoverer {
 
 func (r *Recoverer) recovered(ctx context.Context, method string, p any) error {
 	r.panics.Inc()
-	r.log.ErrorContext(ctx, "panic in handler", "method", method, "panic", p, "stack", string(debug.Stack()))
+	// The value as text: a JSON log would write a struct with unexported
+	// fields as {}.
+	r.log.ErrorContext(ctx, "panic in handler", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 	return status.Error(codes.Internal, "internal error")
 }
 

@@ -3,6 +3,14 @@
 // InvalidArgument naming each offending field and nothing is half-written.
 // Rules that need the service's knowledge (AGENTESE grammar, kwargs depth)
 // stay in the services, which can explain them better.
+//
+// It also refuses, with the same code, the requests that could not be read
+// at all: native gRPC requests that are not valid protobuf (see Codec), and
+// REST requests the gateway could not turn into a request message (a body
+// that does not decode, a query parameter of the wrong type), which the
+// gateway sends as a call of their RPC marked with MDRefused. Both are
+// refused here, inside the chain, so they are authenticated, metered and
+// rate-limited like every other call.
 package validate
 
 import (
@@ -16,7 +24,23 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/kgents/kgents-go/interceptors"
 )
+
+// MDRefused is the metadata key with which the REST gateway marks a call
+// whose HTTP request it could not read; its value is the reason, safe to
+// show the caller. It is honoured only on the gateway's own connection.
+const MDRefused = "x-kgents-refused-bin"
+
+// refusal is the gateway's refusal of the call, or nil.
+func refusal(ctx context.Context) error {
+	reason := interceptors.FirstValue(ctx, MDRefused)
+	if reason == "" || !interceptors.InfoFrom(ctx).ViaGateway {
+		return nil
+	}
+	return status.Error(codes.InvalidArgument, reason)
+}
 
 // Validator validates requests.
 type Validator struct{ v protovalidate.Validator }
@@ -36,6 +60,9 @@ func (v *Validator) Check(req any) error {
 	m, ok := req.(proto.Message)
 	if !ok {
 		return nil
+	}
+	if reason, bad := malformed(m); bad {
+		return status.Error(codes.InvalidArgument, reason)
 	}
 	err := v.v.Validate(m)
 	if err == nil {
@@ -68,6 +95,9 @@ func (v *Validator) Check(req any) error {
 // Unary is the unary interceptor.
 func (v *Validator) Unary() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := refusal(ctx); err != nil {
+			return nil, err
+		}
 		if err := v.Check(req); err != nil {
 			return nil, err
 		}
@@ -78,6 +108,9 @@ func (v *Validator) Unary() grpc.UnaryServerInterceptor {
 // Stream is the stream interceptor; it validates each received message.
 func (v *Validator) Stream() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := refusal(ss.Context()); err != nil {
+			return err
+		}
 		return handler(srv, &stream{ServerStream: ss, v: v})
 	}
 }

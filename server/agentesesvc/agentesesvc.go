@@ -11,13 +11,13 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
-	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/kgents/kgents-go/agentese"
+	"github.com/kgents/kgents-go/apijson"
 	agentesev1 "github.com/kgents/kgents-go/gen/kgents/agentese/v1"
 	"github.com/kgents/kgents-go/interceptors"
 	"github.com/kgents/kgents-go/interceptors/metering"
@@ -232,24 +232,11 @@ func (w *eventWriter) failure(err error) (internal bool) {
 		}
 	default:
 		if st, ok := status.FromError(err); ok && st.Code() != codes.Internal && st.Code() != codes.Unknown {
-			msg, typ = st.Message(), snake(st.Code().String())
+			msg, typ = st.Message(), apijson.CodeName(st.Code())
 		}
 	}
 	_ = w.send(&agentesev1.InvokeStreamResponse{Event: &agentesev1.InvokeStreamResponse_Error{
 		Error: &agentesev1.InvokeError{Error: msg, Type: typ},
 	}})
 	return typ == "internal"
-}
-
-// snake turns a code name into lower snake case ("PermissionDenied" ->
-// "permission_denied"), as the REST error bodies name codes.
-func snake(s string) string {
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
-	}
-	return strings.ToLower(b.String())
 }

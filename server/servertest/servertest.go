@@ -60,6 +60,13 @@ func Defaults(t testing.TB) map[string]string {
 // test ends. Its logs are printed if the test fails.
 func Start(t testing.TB, env map[string]string) *Instance {
 	t.Helper()
+	return StartWith(t, env, server.Options{})
+}
+
+// StartWith is Start with server options (its Logger is replaced by the
+// instance's log buffer).
+func StartWith(t testing.TB, env map[string]string, o server.Options) *Instance {
+	t.Helper()
 	vars := Defaults(t)
 	maps.Copy(vars, env)
 	cfg, err := config.Load(config.MapLookup(vars))
@@ -69,7 +76,8 @@ func Start(t testing.TB, env map[string]string) *Instance {
 	logs := &SyncBuffer{}
 	log := telemetry.NewLogger(logs, "text", cfg.Log.Level)
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, server.Options{Logger: log})
+	o.Logger = log
+	srv, err := server.New(ctx, cfg, o)
 	if err != nil {
 		cancel()
 		t.Fatalf("server.New: %v\n%s", err, logs.String())

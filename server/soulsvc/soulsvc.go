@@ -29,12 +29,30 @@ type Service struct {
 	soulv1.UnimplementedSoulServiceServer
 	engine   soul.Engine
 	governor soul.Governor
+	cutoff   <-chan struct{}
 }
 
 // New returns the service.
-func New(engine soul.Engine, governor soul.Governor) *Service {
-	return &Service{engine: engine, governor: governor}
+func New(engine soul.Engine, governor soul.Governor, opts ...Option) *Service {
+	s := &Service{engine: engine, governor: governor}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
+
+// Option configures the service.
+type Option func(*Service)
+
+// WithCutoff cuts streamed replies still running when cutoff closes (the
+// shutdown deadline is near): each ends with an error event of type
+// shutdown instead of a cut stream, and is billed for what it produced.
+func WithCutoff(cutoff <-chan struct{}) Option {
+	return func(s *Service) { s.cutoff = cutoff }
+}
+
+// errShutdown is the cause a streamed reply is cut with at shutdown.
+var errShutdown = errors.New("the server is shutting down")
 
 // Engine is the engine in use (for /health).
 func (s *Service) Engine() soul.Engine { return s.engine }
@@ -125,13 +143,31 @@ func (s *Service) Stream(ctx context.Context, req *soulv1.StreamDialogueRequest,
 	}
 	seq := 0
 	next := func() string { seq++; return strconv.Itoa(seq) }
+	callerCtx := ctx
+	if s.cutoff != nil {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-s.cutoff:
+				cancel(errShutdown)
+			case <-ctx.Done():
+			}
+		}()
+	}
 	reply, err := s.engine.Stream(ctx, soul.Request{Message: req.GetPrompt(), Mode: mode, Budget: budget}, func(c soul.Chunk) error {
 		return emit(&soulv1.StreamDialogueResponse{Id: next(), Event: &soulv1.StreamDialogueResponse_Chunk{
 			Chunk: &soulv1.DialogueChunk{Text: c.Text, Index: int32(c.Index)},
 		}})
 	})
-	RecordReply(ctx, reply, "")
+	RecordReply(callerCtx, reply, "")
 	if err != nil {
+		if errors.Is(context.Cause(ctx), errShutdown) && callerCtx.Err() == nil {
+			return emit(&soulv1.StreamDialogueResponse{Id: next(), Event: &soulv1.StreamDialogueResponse_Error{
+				Error: &soulv1.DialogueError{Error: "the server is shutting down; send the request again", Type: "shutdown"},
+			}})
+		}
 		if ctx.Err() != nil {
 			// The caller is gone: nobody to tell, but say so in logs and metering.
 			return status.FromContextError(ctx.Err()).Err()

@@ -119,3 +119,50 @@ func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	}
 	return nc, js
 }
+
+// Consumers reports how many JetStream consumers the server holds over
+// every stream (0 while it is stopped): reads must leave none behind.
+func (s *Server) Consumers() int {
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return 0
+	}
+	info, err := srv.Jsz(&server.JSzOptions{})
+	if err != nil {
+		s.t.Errorf("natstest: jsz: %v", err)
+		return 0
+	}
+	return info.Consumers
+}
+
+// PauseJetStream turns JetStream off while the server and its client
+// connections stay up: JetStream requests go unanswered, as during a leader
+// election on a cluster. ResumeJetStream turns it back on with its store.
+func (s *Server) PauseJetStream() {
+	s.t.Helper()
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	if err := srv.DisableJetStream(); err != nil {
+		s.t.Fatalf("natstest: disable JetStream: %v", err)
+	}
+}
+
+// ResumeJetStream turns JetStream on again after PauseJetStream.
+func (s *Server) ResumeJetStream() {
+	s.t.Helper()
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	if err := srv.EnableJetStream(&server.JetStreamConfig{StoreDir: s.dir}); err != nil {
+		s.t.Fatalf("natstest: enable JetStream: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ package sessionsv1
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
+	_ "github.com/kgents/kgents-go/gen/kgents/api/v1"
 	v1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
@@ -1649,7 +1650,7 @@ var File_kgents_sessions_v1_sessions_proto protoreflect.FileDescriptor
 
 const file_kgents_sessions_v1_sessions_proto_rawDesc = "" +
 	"\n" +
-	"!kgents/sessions/v1/sessions.proto\x12\x12kgents.sessions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19kgents/soul/v1/soul.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa4\x03\n" +
+	"!kgents/sessions/v1/sessions.proto\x12\x12kgents.sessions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkgents/api/v1/options.proto\x1a\x19kgents/soul/v1/soul.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xa4\x03\n" +
 	"\aSession\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x19\n" +
@@ -1772,15 +1773,15 @@ const file_kgents_sessions_v1_sessions_proto_rawDesc = "" +
 	"\x04Role\x12\x14\n" +
 	"\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tROLE_USER\x10\x01\x12\x12\n" +
-	"\x0eROLE_ASSISTANT\x10\x022\xb2\x0e\n" +
-	"\x0fSessionsService\x12\x8c\x01\n" +
-	"\rCreateSession\x12(.kgents.sessions.v1.CreateSessionRequest\x1a).kgents.sessions.v1.CreateSessionResponse\"&\x82\xd3\xe4\x93\x02 :\x01*b\asession\"\x12/v1/kgent/sessions\x12}\n" +
+	"\x0eROLE_ASSISTANT\x10\x022\xbe\x0e\n" +
+	"\x0fSessionsService\x12\x90\x01\n" +
+	"\rCreateSession\x12(.kgents.sessions.v1.CreateSessionRequest\x1a).kgents.sessions.v1.CreateSessionResponse\"*\x88\xb5\x18\x01\x82\xd3\xe4\x93\x02 :\x01*b\asession\"\x12/v1/kgent/sessions\x12}\n" +
 	"\fListSessions\x12'.kgents.sessions.v1.ListSessionsRequest\x1a(.kgents.sessions.v1.ListSessionsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/kgent/sessions\x12\x8d\x01\n" +
 	"\n" +
 	"GetSession\x12%.kgents.sessions.v1.GetSessionRequest\x1a&.kgents.sessions.v1.GetSessionResponse\"0\x82\xd3\xe4\x93\x02*b\asession\x12\x1f/v1/kgent/sessions/{session_id}\x12\x93\x01\n" +
-	"\fCloseSession\x12'.kgents.sessions.v1.CloseSessionRequest\x1a(.kgents.sessions.v1.CloseSessionResponse\"0\x82\xd3\xe4\x93\x02*b\asession*\x1f/v1/kgent/sessions/{session_id}\x12\x9c\x01\n" +
-	"\vSendMessage\x12&.kgents.sessions.v1.SendMessageRequest\x1a'.kgents.sessions.v1.SendMessageResponse\"<\x82\xd3\xe4\x93\x026:\x01*b\amessage\"(/v1/kgent/sessions/{session_id}/messages\x12\xf2\x03\n" +
-	"\rStreamMessage\x12(.kgents.sessions.v1.StreamMessageRequest\x1a).kgents.sessions.v1.StreamMessageResponse\"\x89\x03\x92A\xcb\x02\x1a\xb5\x02Server-Sent Events, one per session event: `id:` (opaque, increasing per session), `event:` (message, mode, chunk, complete, error) and `data:` (the event's JSON). The stream always ends with complete or error. Also served at POST /v1/kgent/sessions/{session_id}/messages unless the body says \"stream\": false.:\x11text/event-stream\x82\xd3\xe4\x93\x024:\x01*\"//v1/kgent/sessions/{session_id}/messages:stream0\x01\x12\x93\x01\n" +
+	"\fCloseSession\x12'.kgents.sessions.v1.CloseSessionRequest\x1a(.kgents.sessions.v1.CloseSessionResponse\"0\x82\xd3\xe4\x93\x02*b\asession*\x1f/v1/kgent/sessions/{session_id}\x12\xa0\x01\n" +
+	"\vSendMessage\x12&.kgents.sessions.v1.SendMessageRequest\x1a'.kgents.sessions.v1.SendMessageResponse\"@\x88\xb5\x18\x01\x82\xd3\xe4\x93\x026:\x01*b\amessage\"(/v1/kgent/sessions/{session_id}/messages\x12\xf6\x03\n" +
+	"\rStreamMessage\x12(.kgents.sessions.v1.StreamMessageRequest\x1a).kgents.sessions.v1.StreamMessageResponse\"\x8d\x03\x92A\xcb\x02\x1a\xb5\x02Server-Sent Events, one per session event: `id:` (opaque, increasing per session), `event:` (message, mode, chunk, complete, error) and `data:` (the event's JSON). The stream always ends with complete or error. Also served at POST /v1/kgent/sessions/{session_id}/messages unless the body says \"stream\": false.:\x11text/event-stream\x88\xb5\x18\x01\x82\xd3\xe4\x93\x024:\x01*\"//v1/kgent/sessions/{session_id}/messages:stream0\x01\x12\x93\x01\n" +
 	"\fListMessages\x12'.kgents.sessions.v1.ListMessagesRequest\x1a(.kgents.sessions.v1.ListMessagesResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v1/kgent/sessions/{session_id}/messages\x12\xe9\x02\n" +
 	"\fWatchSession\x12'.kgents.sessions.v1.WatchSessionRequest\x1a(.kgents.sessions.v1.WatchSessionResponse\"\x83\x02\x92A\xd1\x01\x1a\xbb\x01Server-Sent Events: the session's events (message, mode, chunk, complete, error, reset, end). Send Last-Event-ID (or ?after=) to resume. EventSource clients may pass the key as ?api_key=.:\x11text/event-stream\x82\xd3\xe4\x93\x02(\x12&/v1/kgent/sessions/{session_id}/events0\x01\x1aU\x92AR\n" +
 	"\x05kgent\x12IK-gent sessions: persistent conversations, streamed turns, live watching.B?Z=github.com/kgents/kgents-go/gen/kgents/sessions/v1;sessionsv1b\x06proto3"

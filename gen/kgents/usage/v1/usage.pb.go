@@ -9,10 +9,12 @@
 package usagev1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	_ "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2/options"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -25,6 +27,236 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// GetUsageHistoryRequest chooses the range and the granularity. The
+// default is the last 30 days by day; at most 92 days by day or 7 days by
+// hour.
+type GetUsageHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First day, YYYY-MM-DD (UTC), inclusive. Default: 29 days before to.
+	From string `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	// Last day, YYYY-MM-DD (UTC), inclusive. Default: today.
+	To string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	// hour or day (default day).
+	Granularity   string `protobuf:"bytes,3,opt,name=granularity,proto3" json:"granularity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageHistoryRequest) Reset() {
+	*x = GetUsageHistoryRequest{}
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageHistoryRequest) ProtoMessage() {}
+
+func (x *GetUsageHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageHistoryRequest.ProtoReflect.Descriptor instead.
+func (*GetUsageHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetUsageHistoryRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryRequest) GetGranularity() string {
+	if x != nil {
+		return x.Granularity
+	}
+	return ""
+}
+
+// GetUsageHistoryResponse is the history.
+type GetUsageHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The tenant.
+	TenantId string `protobuf:"bytes,1,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	// hour or day.
+	Granularity string `protobuf:"bytes,2,opt,name=granularity,proto3" json:"granularity,omitempty"`
+	// One point per bucket, oldest first.
+	Points        []*UsagePoint `protobuf:"bytes,3,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetUsageHistoryResponse) Reset() {
+	*x = GetUsageHistoryResponse{}
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetUsageHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetUsageHistoryResponse) ProtoMessage() {}
+
+func (x *GetUsageHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetUsageHistoryResponse.ProtoReflect.Descriptor instead.
+func (*GetUsageHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetUsageHistoryResponse) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryResponse) GetGranularity() string {
+	if x != nil {
+		return x.Granularity
+	}
+	return ""
+}
+
+func (x *GetUsageHistoryResponse) GetPoints() []*UsagePoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+// UsagePoint is one bucket of usage.
+type UsagePoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the bucket (UTC).
+	Start *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	// API requests.
+	Requests int64 `protobuf:"varint,2,opt,name=requests,proto3" json:"requests,omitempty"`
+	// Requests answered with a status of 400 or more.
+	Errors int64 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	// Tokens of dialogue replies.
+	Tokens int64 `protobuf:"varint,4,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// Dialogue turns (replies).
+	DialogueTurns int64 `protobuf:"varint,5,opt,name=dialogue_turns,json=dialogueTurns,proto3" json:"dialogue_turns,omitempty"`
+	// AGENTESE invocations.
+	AgenteseInvocations int64 `protobuf:"varint,6,opt,name=agentese_invocations,json=agenteseInvocations,proto3" json:"agentese_invocations,omitempty"`
+	// Sessions created.
+	SessionsCreated int64 `protobuf:"varint,7,opt,name=sessions_created,json=sessionsCreated,proto3" json:"sessions_created,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *UsagePoint) Reset() {
+	*x = UsagePoint{}
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsagePoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsagePoint) ProtoMessage() {}
+
+func (x *UsagePoint) ProtoReflect() protoreflect.Message {
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
+func (*UsagePoint) Descriptor() ([]byte, []int) {
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *UsagePoint) GetStart() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *UsagePoint) GetRequests() int64 {
+	if x != nil {
+		return x.Requests
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetDialogueTurns() int64 {
+	if x != nil {
+		return x.DialogueTurns
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetAgenteseInvocations() int64 {
+	if x != nil {
+		return x.AgenteseInvocations
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetSessionsCreated() int64 {
+	if x != nil {
+		return x.SessionsCreated
+	}
+	return 0
+}
+
 // GetUsageRequest takes no parameters: usage is always the caller's tenant's.
 type GetUsageRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -34,7 +266,7 @@ type GetUsageRequest struct {
 
 func (x *GetUsageRequest) Reset() {
 	*x = GetUsageRequest{}
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[0]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +278,7 @@ func (x *GetUsageRequest) String() string {
 func (*GetUsageRequest) ProtoMessage() {}
 
 func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[0]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +291,7 @@ func (x *GetUsageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageRequest.ProtoReflect.Descriptor instead.
 func (*GetUsageRequest) Descriptor() ([]byte, []int) {
-	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{0}
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{3}
 }
 
 // GetUsageResponse is the tenant's usage.
@@ -85,7 +317,7 @@ type GetUsageResponse struct {
 
 func (x *GetUsageResponse) Reset() {
 	*x = GetUsageResponse{}
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[1]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -97,7 +329,7 @@ func (x *GetUsageResponse) String() string {
 func (*GetUsageResponse) ProtoMessage() {}
 
 func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[1]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -110,7 +342,7 @@ func (x *GetUsageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetUsageResponse.ProtoReflect.Descriptor instead.
 func (*GetUsageResponse) Descriptor() ([]byte, []int) {
-	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{1}
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetUsageResponse) GetTenantId() string {
@@ -177,7 +409,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[2]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -189,7 +421,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_kgents_usage_v1_usage_proto_msgTypes[2]
+	mi := &file_kgents_usage_v1_usage_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -202,7 +434,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{2}
+	return file_kgents_usage_v1_usage_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Limits) GetRequestsPerMinute() int64 {
@@ -230,7 +462,26 @@ var File_kgents_usage_v1_usage_proto protoreflect.FileDescriptor
 
 const file_kgents_usage_v1_usage_proto_rawDesc = "" +
 	"\n" +
-	"\x1bkgents/usage/v1/usage.proto\x12\x0fkgents.usage.v1\x1a\x1cgoogle/api/annotations.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\x11\n" +
+	"\x1bkgents/usage/v1/usage.proto\x12\x0fkgents.usage.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a.protoc-gen-openapiv2/options/annotations.proto\"\xc6\x01\n" +
+	"\x16GetUsageHistoryRequest\x12<\n" +
+	"\x04from\x18\x01 \x01(\tB(\xbaH%r#\x18\n" +
+	"2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$R\x04from\x128\n" +
+	"\x02to\x18\x02 \x01(\tB(\xbaH%r#\x18\n" +
+	"2\x1f^([0-9]{4}-[0-9]{2}-[0-9]{2})?$R\x02to\x124\n" +
+	"\vgranularity\x18\x03 \x01(\tB\x12\xbaH\x0fr\rR\x00R\x04hourR\x03dayR\vgranularity\"\x8d\x01\n" +
+	"\x17GetUsageHistoryResponse\x12\x1b\n" +
+	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12 \n" +
+	"\vgranularity\x18\x02 \x01(\tR\vgranularity\x123\n" +
+	"\x06points\x18\x03 \x03(\v2\x1b.kgents.usage.v1.UsagePointR\x06points\"\x8f\x02\n" +
+	"\n" +
+	"UsagePoint\x120\n" +
+	"\x05start\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05start\x12\x1a\n" +
+	"\brequests\x18\x02 \x01(\x03R\brequests\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x03R\x06errors\x12\x16\n" +
+	"\x06tokens\x18\x04 \x01(\x03R\x06tokens\x12%\n" +
+	"\x0edialogue_turns\x18\x05 \x01(\x03R\rdialogueTurns\x121\n" +
+	"\x14agentese_invocations\x18\x06 \x01(\x03R\x13agenteseInvocations\x12)\n" +
+	"\x10sessions_created\x18\a \x01(\x03R\x0fsessionsCreated\"\x11\n" +
 	"\x0fGetUsageRequest\"\xf9\x01\n" +
 	"\x10GetUsageResponse\x12\x1b\n" +
 	"\ttenant_id\x18\x01 \x01(\tR\btenantId\x12\x12\n" +
@@ -243,9 +494,10 @@ const file_kgents_usage_v1_usage_proto_rawDesc = "" +
 	"\x06Limits\x12.\n" +
 	"\x13requests_per_minute\x18\x01 \x01(\x03R\x11requestsPerMinute\x12(\n" +
 	"\x10requests_per_day\x18\x02 \x01(\x03R\x0erequestsPerDay\x12(\n" +
-	"\x10tokens_per_month\x18\x03 \x01(\x03R\x0etokensPerMonth2\xa5\x01\n" +
+	"\x10tokens_per_month\x18\x03 \x01(\x03R\x0etokensPerMonth2\xa6\x02\n" +
 	"\fUsageService\x12b\n" +
-	"\bGetUsage\x12 .kgents.usage.v1.GetUsageRequest\x1a!.kgents.usage.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/usage\x1a1\x92A.\n" +
+	"\bGetUsage\x12 .kgents.usage.v1.GetUsageRequest\x1a!.kgents.usage.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/usage\x12\x7f\n" +
+	"\x0fGetUsageHistory\x12'.kgents.usage.v1.GetUsageHistoryRequest\x1a(.kgents.usage.v1.GetUsageHistoryResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/usage/history\x1a1\x92A.\n" +
 	"\x05usage\x12%The caller's tenant usage and limits.B9Z7github.com/kgents/kgents-go/gen/kgents/usage/v1;usagev1b\x06proto3"
 
 var (
@@ -260,21 +512,29 @@ func file_kgents_usage_v1_usage_proto_rawDescGZIP() []byte {
 	return file_kgents_usage_v1_usage_proto_rawDescData
 }
 
-var file_kgents_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_kgents_usage_v1_usage_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_kgents_usage_v1_usage_proto_goTypes = []any{
-	(*GetUsageRequest)(nil),  // 0: kgents.usage.v1.GetUsageRequest
-	(*GetUsageResponse)(nil), // 1: kgents.usage.v1.GetUsageResponse
-	(*Limits)(nil),           // 2: kgents.usage.v1.Limits
+	(*GetUsageHistoryRequest)(nil),  // 0: kgents.usage.v1.GetUsageHistoryRequest
+	(*GetUsageHistoryResponse)(nil), // 1: kgents.usage.v1.GetUsageHistoryResponse
+	(*UsagePoint)(nil),              // 2: kgents.usage.v1.UsagePoint
+	(*GetUsageRequest)(nil),         // 3: kgents.usage.v1.GetUsageRequest
+	(*GetUsageResponse)(nil),        // 4: kgents.usage.v1.GetUsageResponse
+	(*Limits)(nil),                  // 5: kgents.usage.v1.Limits
+	(*timestamppb.Timestamp)(nil),   // 6: google.protobuf.Timestamp
 }
 var file_kgents_usage_v1_usage_proto_depIdxs = []int32{
-	2, // 0: kgents.usage.v1.GetUsageResponse.limits:type_name -> kgents.usage.v1.Limits
-	0, // 1: kgents.usage.v1.UsageService.GetUsage:input_type -> kgents.usage.v1.GetUsageRequest
-	1, // 2: kgents.usage.v1.UsageService.GetUsage:output_type -> kgents.usage.v1.GetUsageResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: kgents.usage.v1.GetUsageHistoryResponse.points:type_name -> kgents.usage.v1.UsagePoint
+	6, // 1: kgents.usage.v1.UsagePoint.start:type_name -> google.protobuf.Timestamp
+	5, // 2: kgents.usage.v1.GetUsageResponse.limits:type_name -> kgents.usage.v1.Limits
+	3, // 3: kgents.usage.v1.UsageService.GetUsage:input_type -> kgents.usage.v1.GetUsageRequest
+	0, // 4: kgents.usage.v1.UsageService.GetUsageHistory:input_type -> kgents.usage.v1.GetUsageHistoryRequest
+	4, // 5: kgents.usage.v1.UsageService.GetUsage:output_type -> kgents.usage.v1.GetUsageResponse
+	1, // 6: kgents.usage.v1.UsageService.GetUsageHistory:output_type -> kgents.usage.v1.GetUsageHistoryResponse
+	5, // [5:7] is the sub-list for method output_type
+	3, // [3:5] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_kgents_usage_v1_usage_proto_init() }
@@ -288,7 +548,7 @@ func file_kgents_usage_v1_usage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kgents_usage_v1_usage_proto_rawDesc), len(file_kgents_usage_v1_usage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,7 +21,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	UsageService_GetUsage_FullMethodName = "/kgents.usage.v1.UsageService/GetUsage"
+	UsageService_GetUsage_FullMethodName        = "/kgents.usage.v1.UsageService/GetUsage"
+	UsageService_GetUsageHistory_FullMethodName = "/kgents.usage.v1.UsageService/GetUsageHistory"
 )
 
 // UsageServiceClient is the client API for UsageService service.
@@ -33,6 +34,10 @@ type UsageServiceClient interface {
 	// GetUsage returns today's and this month's usage (UTC calendar) and the
 	// tenant's limits. Needs scope read.
 	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// GetUsageHistory returns the tenant's usage per hour or per day (UTC),
+	// every bucket present, zeros included: the events that are billed,
+	// counted within seconds of their calls. Needs scope read.
+	GetUsageHistory(ctx context.Context, in *GetUsageHistoryRequest, opts ...grpc.CallOption) (*GetUsageHistoryResponse, error)
 }
 
 type usageServiceClient struct {
@@ -53,6 +58,16 @@ func (c *usageServiceClient) GetUsage(ctx context.Context, in *GetUsageRequest, 
 	return out, nil
 }
 
+func (c *usageServiceClient) GetUsageHistory(ctx context.Context, in *GetUsageHistoryRequest, opts ...grpc.CallOption) (*GetUsageHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUsageHistoryResponse)
+	err := c.cc.Invoke(ctx, UsageService_GetUsageHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UsageServiceServer is the server API for UsageService service.
 // All implementations must embed UnimplementedUsageServiceServer
 // for forward compatibility.
@@ -62,6 +77,10 @@ type UsageServiceServer interface {
 	// GetUsage returns today's and this month's usage (UTC calendar) and the
 	// tenant's limits. Needs scope read.
 	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// GetUsageHistory returns the tenant's usage per hour or per day (UTC),
+	// every bucket present, zeros included: the events that are billed,
+	// counted within seconds of their calls. Needs scope read.
+	GetUsageHistory(context.Context, *GetUsageHistoryRequest) (*GetUsageHistoryResponse, error)
 	mustEmbedUnimplementedUsageServiceServer()
 }
 
@@ -74,6 +93,9 @@ type UnimplementedUsageServiceServer struct{}
 
 func (UnimplementedUsageServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedUsageServiceServer) GetUsageHistory(context.Context, *GetUsageHistoryRequest) (*GetUsageHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetUsageHistory not implemented")
 }
 func (UnimplementedUsageServiceServer) mustEmbedUnimplementedUsageServiceServer() {}
 func (UnimplementedUsageServiceServer) testEmbeddedByValue()                      {}
@@ -114,6 +136,24 @@ func _UsageService_GetUsage_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UsageService_GetUsageHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUsageHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UsageServiceServer).GetUsageHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: UsageService_GetUsageHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UsageServiceServer).GetUsageHistory(ctx, req.(*GetUsageHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // UsageService_ServiceDesc is the grpc.ServiceDesc for UsageService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -124,6 +164,10 @@ var UsageService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetUsage",
 			Handler:    _UsageService_GetUsage_Handler,
+		},
+		{
+			MethodName: "GetUsageHistory",
+			Handler:    _UsageService_GetUsageHistory_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

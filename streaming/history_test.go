@@ -1,0 +1,220 @@
+package streaming_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
+	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
+	"github.com/kgents/kgents-go/streaming"
+	"github.com/kgents/kgents-go/streaming/natstest"
+)
+
+// publishEvents stores events with ids from..to of a session the way the
+// fan-out does (header and body).
+func publishEvents(t *testing.T, js jetstream.JetStream, session string, from, to uint64) {
+	t.Helper()
+	ctx := context.Background()
+	for id := from; id <= to; id++ {
+		ev := &sessionsv1.SessionEvent{Id: strconv.FormatUint(id, 10), SessionId: session,
+			Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "w", Index: int32(id)}}}
+		b, err := streaming.EncodeEvent("tenant", ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := nats.NewMsg(streaming.SessionSubject(session, "chunk"))
+		m.Data = b
+		m.Header.Set(streaming.HeaderEventID, ev.GetId())
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestHistoryReplay(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Two sessions interleaved, so the target's events are spread over the
+	// stream; "gone" lost its first events (as after the 7-day max age).
+	for i := uint64(0); i < 30; i++ {
+		publishEvents(t, js, "target", i*10+1, i*10+10)
+		publishEvents(t, js, "other", i*3+1, i*3+3)
+	}
+	publishEvents(t, js, "gone", 50, 60)
+
+	cases := []struct {
+		name      string
+		session   string
+		after     uint64
+		known     uint64
+		wantReset bool
+		wantFirst uint64 // 0: nothing delivered
+		wantLast  uint64
+	}{
+		{"from the start", "target", 0, 300, false, 1, 300},
+		{"resume in the middle", "target", 137, 300, false, 138, 300},
+		{"resume at a batch edge", "target", 256, 300, false, 257, 300},
+		{"resume at the first", "target", 1, 300, false, 2, 300},
+		{"caught up", "target", 300, 300, false, 0, 300},
+		{"beyond the stream, within what the session reached", "target", 305, 310, false, 0, 305},
+		{"beyond anything the session reached", "target", 999, 300, true, 1, 300},
+		{"resume point no longer retained", "gone", 10, 60, true, 50, 60},
+		{"just before the oldest retained", "gone", 49, 60, false, 50, 60},
+		{"no events, unknown id", "empty", 4, 0, true, 0, 0},
+		{"no events, from the start", "empty", 0, 0, false, 0, 0},
+	}
+	h := streaming.NewHistory(js, nil)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []uint64
+			resets := 0
+			reset, last, err := h.Replay(ctx, tc.session, tc.after, tc.known, func() error { resets++; return nil }, func(ev *sessionsv1.SessionEvent) error {
+				got = append(got, streaming.EventSeq(ev))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reset != tc.wantReset || (resets == 1) != tc.wantReset {
+				t.Fatalf("reset = %v (onReset ran %d times), want %v", reset, resets, tc.wantReset)
+			}
+			if tc.wantFirst == 0 {
+				if len(got) != 0 {
+					t.Fatalf("delivered %v, want nothing", got)
+				}
+			} else {
+				if len(got) == 0 || got[0] != tc.wantFirst || got[len(got)-1] != tc.wantLast {
+					t.Fatalf("delivered %d events %v…, want %d..%d", len(got), head(got), tc.wantFirst, tc.wantLast)
+				}
+				for i := 1; i < len(got); i++ {
+					if got[i] != got[i-1]+1 {
+						t.Fatalf("gap or disorder at %d: %d after %d", i, got[i], got[i-1])
+					}
+				}
+			}
+			if last != tc.wantLast && (tc.wantFirst != 0 || last != tc.after) {
+				t.Fatalf("last = %d, want %d", last, tc.wantLast)
+			}
+		})
+	}
+	if n := srv.Consumers(); n != 0 {
+		t.Fatalf("replays left %d consumers on the server", n)
+	}
+}
+
+func TestHistoryReplayHonoursContext(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx := context.Background()
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, js, "s", 1, 5)
+	srv.Stop() // NATS gone: the read must end with the caller's deadline
+	dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, _, err := streaming.NewHistory(js, nil).Replay(dctx, "s", 0, 5, nil, func(*sessionsv1.SessionEvent) error { return nil })
+	if err == nil {
+		t.Fatal("replay with NATS down succeeded")
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("replay took %v past a 300ms deadline", el)
+	}
+}
+
+func head(s []uint64) []uint64 { return s[:min(len(s), 5)] }
+
+// TestHistoryReplayOutOfOrder: events stored out of id order (a replica
+// that spooled through an outage stores its events after those others
+// published meanwhile), or twice (a spool replayed past the duplicate
+// window), replay in id order, once each; what is still missing when the
+// read ends is delivered after the gap.
+func TestHistoryReplayOutOfOrder(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	// "late": 11..13 stored after 14..40, and 20 stored twice.
+	publishEvents(t, js, "late", 1, 10)
+	publishEvents(t, js, "other", 1, 50)
+	publishEvents(t, js, "late", 14, 40)
+	publishEvents(t, js, "late", 11, 13)
+	publishEvents(t, js, "late", 20, 20)
+	publishEvents(t, js, "late", 41, 45)
+	// "hole": 6 never stored.
+	publishEvents(t, js, "hole", 1, 5)
+	publishEvents(t, js, "hole", 7, 9)
+
+	h := streaming.NewHistory(js, nil)
+	cases := []struct {
+		name    string
+		session string
+		after   uint64
+		want    []uint64
+	}{
+		{"from the start", "late", 0, seqs(1, 45)},
+		{"resume before the late ones", "late", 10, seqs(11, 45)},
+		// The watcher had 11..13 live (before they were stored): 14.. were
+		// stored before them and must still be read.
+		{"resume after the late ones", "late", 13, seqs(14, 45)},
+		{"resume past the duplicate", "late", 30, seqs(31, 45)},
+		{"caught up", "late", 45, nil},
+		{"a hole is passed at the end of the read", "hole", 3, append(seqs(4, 5), seqs(7, 9)...)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []uint64
+			if _, _, err := h.Replay(ctx, tc.session, tc.after, 45, nil, func(ev *sessionsv1.SessionEvent) error {
+				got = append(got, streaming.EventSeq(ev))
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("delivered %v, want %v", got, tc.want)
+			}
+		})
+	}
+
+	// A deliver that refuses the event after the hole stops the replay
+	// there, with its error, having delivered everything before it.
+	stop := errors.New("gap")
+	var got []uint64
+	_, last, err := h.Replay(ctx, "hole", 0, 9, nil, func(ev *sessionsv1.SessionEvent) error {
+		if n := streaming.EventSeq(ev); len(got) > 0 && n != got[len(got)-1]+1 {
+			return stop
+		}
+		got = append(got, streaming.EventSeq(ev))
+		return nil
+	})
+	if !errors.Is(err, stop) || last != 5 || !slices.Equal(got, seqs(1, 5)) {
+		t.Fatalf("replay = %v, last %d, delivered %v; want the deliver's error after 1..5", err, last, got)
+	}
+}
+
+func seqs(from, to uint64) []uint64 {
+	var out []uint64
+	for n := from; n <= to; n++ {
+		out = append(out, n)
+	}
+	return out
+}
