@@ -218,8 +218,17 @@ func (c *NATS) WaitHealthy(within time.Duration) time.Duration {
 	c.t.Helper()
 	start := time.Now()
 	for _, nd := range c.Nodes {
-		if nd.Running() {
-			nd.WaitHealthy(within - time.Since(start))
+		if !nd.Running() {
+			continue
+		}
+		if err := nd.waitHealthy(within - time.Since(start)); err != nil {
+			// Every node's view: a node that cannot find the meta leader
+			// is often explained by its peers' logs.
+			var logs strings.Builder
+			for _, o := range c.Nodes {
+				fmt.Fprintf(&logs, "--- %s (running: %v)\n%s\n", o.Name, o.Running(), tail(o.meaningfulLogs(), 6000))
+			}
+			c.t.Fatalf("cluster: node %s not healthy after %v: %v\n%s", nd.Name, time.Since(start).Round(time.Millisecond), err, logs.String())
 		}
 	}
 	return time.Since(start)
@@ -341,10 +350,28 @@ func (nd *Node) Healthy(ctx context.Context) error {
 	return nil
 }
 
+// meaningfulLogs is Logs without the health-check warnings that polling
+// /healthz makes the node print every 50 ms (they would fill any tail).
+func (nd *Node) meaningfulLogs() string {
+	var b strings.Builder
+	for line := range strings.Lines(nd.Logs()) {
+		if !strings.Contains(line, "Healthcheck failed") {
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
 // WaitHealthy waits until the node is healthy.
 func (nd *Node) WaitHealthy(within time.Duration) {
 	nd.t.Helper()
-	err := Poll(within, func() error {
+	if err := nd.waitHealthy(within); err != nil {
+		nd.t.Fatalf("cluster: node %s not healthy: %v\n%s", nd.Name, err, tail(nd.meaningfulLogs(), 6000))
+	}
+}
+
+func (nd *Node) waitHealthy(within time.Duration) error {
+	return Poll(within, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		nd.mu.Lock()
@@ -361,9 +388,6 @@ func (nd *Node) WaitHealthy(within time.Duration) {
 		}
 		return nd.Healthy(ctx)
 	})
-	if err != nil {
-		nd.t.Fatalf("cluster: node %s not healthy: %v\n%s", nd.Name, err, tail(nd.Logs(), 4000))
-	}
 }
 
 // Poll calls fn every 50 ms until it returns nil or within has passed,
