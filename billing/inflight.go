@@ -32,11 +32,14 @@ const inflightTTL = time.Hour
 // end after all, its own events carry the same ids for what both hold, and
 // the pipeline and OpenMeter drop the copies.
 type InflightRecord struct {
-	Owner  string    `json:"owner"` // the replica's process id (logs only)
-	Tenant string    `json:"tenant"`
-	Method string    `json:"method"`
-	Start  time.Time `json:"start"`
-	Beat   time.Time `json:"beat"`
+	Owner string `json:"owner"` // the replica's name (logs only)
+	// Process is the writing process's random id: its own sweeper skips
+	// the record.
+	Process string    `json:"process,omitempty"`
+	Tenant  string    `json:"tenant"`
+	Method  string    `json:"method"`
+	Start   time.Time `json:"start"`
+	Beat    time.Time `json:"beat"`
 	// Events are structured-mode CloudEvents (Marshal), in emission order.
 	Events [][]byte `json:"events"`
 }

@@ -168,6 +168,9 @@ type Sessions struct {
 	WatchGapWait time.Duration
 	// How long an Idempotency-Key's response is replayed (KGENTS_IDEMPOTENCY_TTL).
 	IdempotencyTTL time.Duration
+	// How long a long call's in-flight usage record may go unrefreshed
+	// before another replica bills it as interrupted (KGENTS_INFLIGHT_DEAD_AFTER).
+	InflightDeadAfter time.Duration
 }
 
 // OpenMeter configures the metering sink. Usage events always flow into the
@@ -279,6 +282,7 @@ func Load(lookup Lookup) (*Config, error) {
 	c.Sessions.WatchersPerTenant = r.intRange("KGENTS_WATCHERS_PER_TENANT", 100, 1, 1_000_000)
 	c.Sessions.WatchGapWait = r.duration("KGENTS_WATCH_GAP_WAIT", 60*time.Second, time.Millisecond)
 	c.Sessions.IdempotencyTTL = r.duration("KGENTS_IDEMPOTENCY_TTL", 24*time.Hour, time.Second)
+	c.Sessions.InflightDeadAfter = r.duration("KGENTS_INFLIGHT_DEAD_AFTER", 45*time.Second, time.Second)
 	c.OpenMeter = OpenMeter{
 		Enabled:       r.boolean("OPENMETER_ENABLED", false),
 		BaseURL:       r.url("OPENMETER_BASE_URL", "https://openmeter.cloud"),

@@ -190,7 +190,7 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 		// Long calls keep a durable record of what they served, billed by
 		// any replica's sweeper if this one dies mid-call (billing.md).
 		meter.Durable(context.Background(), inflight,
-			metering.DurableOptions{Owner: cfg.Sessions.Replica,
+			metering.DurableOptions{Owner: cfg.Sessions.Replica, DeadAfter: cfg.Sessions.InflightDeadAfter,
 				// A watch bills only its api.request: a record per watcher
 				// would be a KV write every few seconds each.
 				Skip: []string{sessionsv1.SessionsService_WatchSession_FullMethodName}})

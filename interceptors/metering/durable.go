@@ -32,8 +32,14 @@ type DurableOptions struct {
 	// Refresh is how often a call's record is rewritten with what it has
 	// served so far (5 s).
 	Refresh time.Duration
-	// DeadAfter is how long a record may go unrefreshed before any replica
-	// bills it as an interrupted call (20 s).
+	// DeadAfter is how long a record may go unrefreshed before another
+	// replica bills it as an interrupted call (45 s). A live replica cut
+	// off from NATS cannot refresh its records either: the sweeper's copy
+	// then reaches the metering stream first and the call's own events,
+	// under the same ids, are dropped as copies — billed once, but as an
+	// interrupted call. So DeadAfter is well beyond the outages a replica
+	// rides out (a NATS node's failover: ~15 s measured), at the price of
+	// billing a dead replica's calls that much later.
 	DeadAfter time.Duration
 	// Owner names this replica in the records (logs only).
 	Owner string
@@ -51,9 +57,14 @@ type durable struct {
 	o     DurableOptions
 	skip  interceptors.Methods
 
+	// process names this process in its records: a sweeper never bills
+	// its own process's records (it is alive: its calls bill themselves).
+	// Owner is not enough, a replica's name outlives its process.
+	process string
+
 	mu      sync.Mutex
 	calls   map[*report]*tracked
-	deletes []pendingDelete
+	deletes []pendingDelete // records to remove, oldest first; retried until removed
 
 	stop    chan struct{}
 	stopped chan struct{}
@@ -67,11 +78,23 @@ type tracked struct {
 
 type pendingDelete struct {
 	key string
-	at  time.Time
+	at  time.Time // when the call ended
 }
 
-// opTimeout bounds each store operation of the durable loop.
-const opTimeout = 2 * time.Second
+const (
+	// opTimeout bounds each store operation of the durable loop.
+	opTimeout = 2 * time.Second
+	// maxPendingDeletes bounds the records of ended calls kept for removal
+	// while NATS is away; past it the oldest are given up (the sweepers
+	// bill their copies, deduplicated by id).
+	maxPendingDeletes = 100_000
+	// pendingDeleteGiveUp is how long a removal is retried: the bucket's
+	// TTL (billing.Inflight) forgets the record by then.
+	pendingDeleteGiveUp = time.Hour
+)
+
+// DefaultDeadAfter is DurableOptions.DeadAfter's default.
+const DefaultDeadAfter = 45 * time.Second
 
 // Durable makes long calls survive their replica: a call running for
 // MinAge gets a durable record (InflightStore) of the usage events it would
@@ -95,11 +118,11 @@ func (m *Meter) Durable(ctx context.Context, store InflightStore, o DurableOptio
 	def(&o.Tick, time.Second)
 	def(&o.MinAge, time.Second)
 	def(&o.Refresh, 5*time.Second)
-	def(&o.DeadAfter, 20*time.Second)
+	def(&o.DeadAfter, DefaultDeadAfter)
 	if o.Owner == "" {
 		o.Owner = uuid.NewString()
 	}
-	d := &durable{m: m, store: store, o: o, calls: map[*report]*tracked{}, skip: interceptors.MethodSet(o.Skip...),
+	d := &durable{m: m, store: store, o: o, process: uuid.NewString(), calls: map[*report]*tracked{}, skip: interceptors.MethodSet(o.Skip...),
 		stop: make(chan struct{}), stopped: make(chan struct{})}
 	m.durable = d
 	go d.run(ctx)
@@ -149,26 +172,46 @@ func (d *durable) run(ctx context.Context) {
 	}
 }
 
-// removeEnded deletes the records of calls that ended before cutoff.
+// removeEnded deletes the records of calls that ended before cutoff. A
+// removal that fails (NATS away) stays queued and is retried next tick:
+// dropping it would leave the record to a sweeper, which would bill the
+// ended call as interrupted if its copy got out before the call's own
+// events (still in this replica's spool). The pass stops at the first
+// failure: the rest would fail the same way, each after opTimeout.
 func (d *durable) removeEnded(ctx context.Context, cutoff time.Time) {
 	d.mu.Lock()
-	var due []pendingDelete
-	keep := d.deletes[:0]
-	for _, p := range d.deletes {
-		if p.at.Before(cutoff) {
-			due = append(due, p)
-		} else {
-			keep = append(keep, p)
-		}
+	n := 0
+	for n < len(d.deletes) && d.deletes[n].at.Before(cutoff) {
+		n++
 	}
-	d.deletes = keep
+	due := append([]pendingDelete(nil), d.deletes[:n]...)
 	d.mu.Unlock()
+	done := 0
 	for _, p := range due {
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
-		if err := d.store.Delete(octx, p.key); err != nil && ctx.Err() == nil {
-			d.m.log.Debug("in-flight usage record not removed; a sweeper will bill its copy, deduplicated by id", "error", err)
-		}
+		err := d.store.Delete(octx, p.key)
 		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				d.m.log.Debug("in-flight usage record not removed; retrying", "error", err, "pending", len(due)-done)
+			}
+			break
+		}
+		done++
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// Deletes are appended in time order and only this loop removes them,
+	// so the first done entries are the ones removed.
+	d.deletes = d.deletes[done:]
+	giveUp := time.Now().Add(-pendingDeleteGiveUp)
+	drop := 0
+	for drop < len(d.deletes) && (len(d.deletes)-drop > maxPendingDeletes || d.deletes[drop].at.Before(giveUp)) {
+		drop++
+	}
+	if drop > 0 {
+		d.m.log.Warn("gave up removing in-flight usage records of ended calls; a sweeper bills their copies (deduplicated by id)", "records", drop)
+		d.deletes = d.deletes[drop:]
 	}
 }
 
@@ -195,7 +238,7 @@ func (d *durable) write(ctx context.Context, now time.Time) {
 			if ctx.Err() == nil {
 				d.m.log.Debug("in-flight usage record not written", "error", err)
 			}
-			continue
+			break // the rest would fail the same way, each after opTimeout
 		}
 		d.mu.Lock()
 		if _, live := d.calls[x.r]; live {
@@ -215,7 +258,7 @@ func (d *durable) record(r *report, now time.Time) billing.InflightRecord {
 		tenant: r.id.TenantID, base: r.eventBase(), code: codes.Unavailable, d: now.Sub(r.start), at: now,
 	}
 	c.tokens, c.invokes, c.sessions = r.rec.Snapshot()
-	rec := billing.InflightRecord{Owner: d.o.Owner, Tenant: c.tenant, Method: c.method, Start: r.start, Beat: now}
+	rec := billing.InflightRecord{Owner: d.o.Owner, Process: d.process, Tenant: c.tenant, Method: c.method, Start: r.start, Beat: now}
 	for _, ev := range d.m.buildEvents(c) {
 		if b, err := billing.Marshal(ev); err == nil {
 			rec.Events = append(rec.Events, b)
@@ -233,6 +276,12 @@ func (d *durable) sweep(ctx context.Context, now time.Time) {
 		d.m.log.Debug("in-flight usage records not swept", "error", err)
 	}
 	for _, st := range stale {
+		if st.Record.Process == d.process {
+			// Ours, and we are alive: the call is running (its refresh
+			// failed) or ended (its own events are on their way and the
+			// record's removal is pending).
+			continue
+		}
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		ok, err := d.store.Claim(octx, st)
 		cancel()

@@ -194,3 +194,50 @@ func TestSkippedMethodsGetNoRecord(t *testing.T) {
 		t.Fatalf("%d records for one turn and one (skipped) watch, want 1", len(recs))
 	}
 }
+
+// TestCutOffReplicaDoesNotBillItsOwnEndedCall: a replica loses JetStream
+// while a long call runs; the call ends meanwhile (its record cannot be
+// removed) and stays cut off for longer than DeadAfter. When JetStream
+// returns, the record is removed (the removal was kept, not dropped) and
+// the replica's own sweeper never bills the stale copy: the call is billed
+// once, as it ended (200), not as an interrupted call (503).
+func TestCutOffReplicaDoesNotBillItsOwnEndedCall(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	store := billing.NewInflight(js, 1)
+	c := &capture{}
+	opts := metering.DurableOptions{Tick: 20 * time.Millisecond, MinAge: 40 * time.Millisecond, Refresh: 60 * time.Millisecond, DeadAfter: 200 * time.Millisecond}
+	m := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Durable(context.Background(), store, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := m.Stream()(nil, &fakeStream{ctx: tenantCtx("")}, &grpc.StreamServerInfo{FullMethod: "/x.Y/Z", IsServerStream: true},
+		func(_ any, s grpc.ServerStream) error {
+			waitFor(t, "the record", func() bool {
+				recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
+				return err == nil && len(recs) == 1
+			})
+			srv.PauseJetStream()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut off for several DeadAfters and sweeps; then back.
+	time.Sleep(4 * opts.DeadAfter) // the outage itself: nothing to wait for
+	srv.ResumeJetStream()
+	waitFor(t, "the record removed", func() bool {
+		recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
+		return err == nil && len(recs) == 0
+	})
+	if err := m.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	reqs := c.byType("api.request")
+	if len(reqs) != 1 {
+		t.Fatalf("%d api.request events for one call, want 1", len(reqs))
+	}
+	if d := data(t, reqs[0]); d["status_code"] != 200.0 {
+		t.Errorf("the call was billed as %v, want its own end (200)", d)
+	}
+}
