@@ -212,13 +212,19 @@ var Client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, M
 // Do sends a REST request as key and decodes a 200's JSON into out (if
 // set). headers are name, value pairs.
 func (r *Replica) Do(ctx context.Context, method, path, key, body string, out any, headers ...string) (int, []byte, error) {
+	code, b, _, err := r.DoHeader(ctx, method, path, key, body, out, headers...)
+	return code, b, err
+}
+
+// DoHeader is Do, also returning the response's headers.
+func (r *Replica) DoHeader(ctx context.Context, method, path, key, body string, out any, headers ...string) (int, []byte, http.Header, error) {
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, r.Base()+path, rd)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	req.Header.Set("X-API-Key", key)
 	if body != "" {
@@ -229,19 +235,19 @@ func (r *Replica) Do(ctx context.Context, method, path, key, body string, out an
 	}
 	resp, err := Client.Do(req)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return resp.StatusCode, b, err
+		return resp.StatusCode, b, resp.Header, err
 	}
 	if out != nil && resp.StatusCode == http.StatusOK {
 		if err := json.Unmarshal(b, out); err != nil {
-			return resp.StatusCode, b, fmt.Errorf("%s %s: %w: %s", method, path, err, b)
+			return resp.StatusCode, b, resp.Header, fmt.Errorf("%s %s: %w: %s", method, path, err, b)
 		}
 	}
-	return resp.StatusCode, b, nil
+	return resp.StatusCode, b, resp.Header, nil
 }
 
 // Stream opens an SSE request; the caller closes the returned func.

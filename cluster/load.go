@@ -75,6 +75,10 @@ type Load struct {
 	// quotaOK and quotaRefused count the quota worker's admitted and
 	// refused (429) calls.
 	quotaOK, quotaRefused int
+	// toldToRetry counts the answers that asked for a retry (a 409 with
+	// Retry-After: the session looked busy), retried as the client is
+	// told; they are not failures (Call) but are reported.
+	toldToRetry int
 }
 
 // NewLoad prepares load on c.
@@ -116,15 +120,35 @@ func (l *Load) Record(key, route string, status int) {
 }
 
 func (l *Load) call(ctx context.Context, worker int, key, route, method, path, body string, out any) (int, error) {
+	code, _, err := l.callRetry(ctx, worker, key, route, method, path, body, out)
+	return code, err
+}
+
+// maxRetryAfter bounds a Retry-After the load honours.
+const maxRetryAfter = 5 * time.Second
+
+// callRetry is call, also returning how long the answer asked the client
+// to wait before retrying (a 409 with Retry-After; 0 otherwise). Such an
+// answer is counted in toldToRetry, not as a failed Call.
+func (l *Load) callRetry(ctx context.Context, worker int, key, route, method, path, body string, out any) (int, time.Duration, error) {
 	// Stopping the load lets calls in flight finish: a call the client
 	// gave up on could be served and billed without the client knowing.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	code, b, err := l.pick().Do(rctx, method, path, key, body, out)
+	code, b, h, err := l.pick().DoHeader(rctx, method, path, key, body, out)
 	end := time.Now()
+	var retryAfter time.Duration
+	if code == http.StatusConflict && h != nil {
+		if secs, perr := strconv.Atoi(h.Get("Retry-After")); perr == nil && secs >= 0 {
+			retryAfter = min(time.Duration(secs)*time.Second, maxRetryAfter)
+		}
+	}
 	l.mu.Lock()
-	if worker != quotaWorker { // its 429s are the point, not failures
+	switch {
+	case retryAfter > 0:
+		l.toldToRetry++
+	case worker != quotaWorker: // its 429s are the point, not failures
 		l.calls = append(l.calls, Call{Worker: worker, Start: start, End: end, Status: code})
 	}
 	if code != 0 {
@@ -134,11 +158,19 @@ func (l *Load) call(ctx context.Context, worker int, key, route, method, path, b
 		// server may or may not have served and billed it.
 		l.unanswered[TenantOf(key)+" "+route]++
 	}
-	if code != 0 && code != http.StatusOK && worker != quotaWorker && len(l.errs) < 20 {
+	if code != 0 && code != http.StatusOK && worker != quotaWorker && retryAfter == 0 && len(l.errs) < 20 {
 		l.errs = append(l.errs, fmt.Sprintf("%s %s: %d %.200s", method, path, code, b))
 	}
 	l.mu.Unlock()
-	return code, err
+	return code, retryAfter, err
+}
+
+// ToldToRetry is how many answers asked the client to retry later (409
+// with Retry-After), each retried after the delay it gave.
+func (l *Load) ToldToRetry() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.toldToRetry
 }
 
 // Run runs dialogue workers and session workers (each with a watcher) until
@@ -178,12 +210,18 @@ func (l *Load) Run(ctx context.Context, dialogue, sessions int) error {
 					ID   string `json:"id"`
 					Role string `json:"role"`
 				}
-				code, _ := l.call(ctx, worker, Carol, RouteMessages, "POST", path, fmt.Sprintf(`{"message":"turn %d","stream":false}`, i), &m)
-				if code == http.StatusOK {
+				code, retryAfter, _ := l.callRetry(ctx, worker, Carol, RouteMessages, "POST", path, fmt.Sprintf(`{"message":"turn %d","stream":false}`, i), &m)
+				switch {
+				case code == http.StatusOK:
 					l.mu.Lock()
 					l.acked[id] = append(l.acked[id], m.ID)
 					l.mu.Unlock()
-				} else {
+				case retryAfter > 0:
+					// A session still busy with its last turn as some
+					// replica sees it (its release is in a spool during
+					// a failover): wait as told.
+					pause(ctx, retryAfter)
+				default:
 					pause(ctx, 20*time.Millisecond)
 				}
 			}

@@ -50,8 +50,11 @@ func writeError(w http.ResponseWriter, st *status.Status, requestID string) {
 		return
 	}
 	h := w.Header()
-	if code == codes.ResourceExhausted || code == codes.Unavailable {
-		if h.Get("Retry-After") == "" {
+	if h.Get("Retry-After") == "" {
+		switch {
+		case code == codes.ResourceExhausted || code == codes.Unavailable:
+			h.Set("Retry-After", strconv.Itoa(retryAfterSeconds(st)))
+		case hasRetryInfo(st): // e.g. a session busy with a turn (409)
 			h.Set("Retry-After", strconv.Itoa(retryAfterSeconds(st)))
 		}
 	}
@@ -69,6 +72,15 @@ func writeRaw(w http.ResponseWriter, httpCode int, body []byte) {
 	h.Del("Content-Length")
 	w.WriteHeader(httpCode)
 	_, _ = w.Write(body)
+}
+
+func hasRetryInfo(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // retryAfterSeconds reads a RetryInfo detail, defaulting to one second.

@@ -237,6 +237,9 @@ func TestSessionsREST(t *testing.T) {
 		for _, body := range []string{`{"message":"hi","stream":false}`, `{"message":"hi"}`} {
 			resp, b = in.Do(t, "POST", "/v1/kgent/sessions/"+s.ID+"/messages", bob, body)
 			mustStatus(t, resp, b, http.StatusConflict)
+			if ra := resp.Header.Get("Retry-After"); ra != "" {
+				t.Errorf("a closed session's 409 has Retry-After %q: retrying cannot help", ra)
+			}
 		}
 		if got := getSession(t, in, bob, s.ID); got.Status != "closed" || got.MessageCount != 0 {
 			t.Errorf("after close = %+v", got)
@@ -416,6 +419,9 @@ func TestDisconnectMidStream(t *testing.T) {
 	// Meanwhile the session is busy: a second turn is refused.
 	resp2, b := in.Do(t, "POST", "/v1/kgent/sessions/"+s.ID+"/messages", bob, `{"message":"again","stream":false}`)
 	mustStatus(t, resp2, b, http.StatusConflict)
+	if ra := resp2.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("a busy session's 409 has Retry-After %q, want 1", ra)
+	}
 
 	deadline := time.Now().Add(20 * time.Second)
 	for {

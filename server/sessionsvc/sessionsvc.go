@@ -217,7 +217,18 @@ func (s *Service) GetSession(ctx context.Context, req *sessionsv1.GetSessionRequ
 }
 
 // errTurnInFlight refuses a second concurrent turn, and a close during one.
-var errTurnInFlight = status.Error(codes.Aborted, "A message is already being processed for this session; retry when it completes")
+// It carries a retry delay (REST: Retry-After): besides a client's own
+// overlapping sends, a session can look busy for a few seconds after its
+// turn's reply was acknowledged — when a replica finished the turn from
+// its spool during a NATS failover (docs/streaming.md, "Outage mode"), the
+// lease's release reaches the other replicas when the spool replays.
+var errTurnInFlight = func() error {
+	st := status.New(codes.Aborted, "A message is already being processed for this session; retry when it completes")
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)}); err == nil {
+		st = d
+	}
+	return st.Err()
+}()
 
 var errClosed = status.Error(codes.FailedPrecondition, "Session is closed; it takes no new messages")
 
