@@ -3,6 +3,7 @@ package sessionsvc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,8 +289,7 @@ func (s *Service) run(t *turn, deliver func(*sessionsv1.SessionEvent)) (res turn
 		}
 	}
 	final := event()
-	stopRenewing() // the reply's update releases the lease
-	storeErr := s.storeReply(t, assistant, reply, final.GetId())
+	storeErr := s.storeReply(t, assistant, reply, final.GetId(), stopRenewing)
 	switch {
 	case storeErr != nil:
 		final.Payload = &sessionsv1.SessionEvent_Error{Error: &soulv1.DialogueError{
@@ -381,29 +381,34 @@ const storeReplyTimeout = 30 * time.Second
 
 // storeReply stores the reply (partial after an engine failure) and
 // finishes the turn: counters, mode, last event id (finalID, the event that
-// reports the outcome), lease released. It returns an error only when the
-// reply could not be stored; the transcript is the source of truth, so a
-// failure to update the counters afterwards is logged, not reported (the
-// lease lapses and the next send repairs them).
-func (s *Service) storeReply(t *turn, assistant *sessionsv1.Message, reply soul.Reply, finalID string) error {
+// reports the outcome), lease released. The lease is renewed until the
+// reply is written (a slow write — a spooled one, an election — must not
+// let it lapse) and stopped just before the update that releases it. It
+// returns an error only when the reply could not be stored, or could not be
+// confirmed stored; the transcript is the source of truth, so a failure to
+// update the counters afterwards is logged, not reported (the lease lapses
+// and the next send repairs them).
+func (s *Service) storeReply(t *turn, assistant *sessionsv1.Message, reply soul.Reply, finalID string, stopRenewing func()) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(t.ctx), storeReplyTimeout)
 	defer cancel()
 	final, _ := strconv.ParseUint(finalID, 10, 64)
 	added := int32(1)
 	if assistant != nil {
 		if err := s.o.Store.AppendMessage(ctx, t.tenantID, t.firstMessage+1, assistant); err != nil {
+			stopRenewing()
 			s.release(t, final)
 			return err
 		}
 		added++
 	}
+	stopRenewing() // the update below releases the lease
 	last := s.now()
 	first := int32(t.firstMessage)
 	_, err := s.o.Store.Update(ctx, t.tenantID, t.sessionID, func(r *sessionstore.Record) error {
 		ours := r.Turn != nil && r.Turn.ID == t.turnID
 		if !ours && (r.Turn != nil || r.Session.GetMessageCount() > first+1) {
 			// Taken over and another turn has begun since: the recovery
-			// counted what it found; this turn's reply is in the transcript.
+			// counted what it found.
 			return errLeaseLost
 		}
 		r.Session.MessageCount = max(r.Session.GetMessageCount(), first+added)
@@ -416,10 +421,58 @@ func (s *Service) storeReply(t *turn, assistant *sessionsv1.Message, reply soul.
 		}
 		return nil
 	})
+	if errors.Is(err, errLeaseLost) && assistant != nil {
+		// The lease lapsed (the replica was cut off, or the writes stalled
+		// past it), another replica closed the turn and a new turn has
+		// begun: its user message may have taken the reply's place, while
+		// the reply was still on its way (a spooled write is acknowledged
+		// before it reaches JetStream, and is refused there if the place
+		// is taken). Tell the caller the reply is stored only if it is.
+		return s.confirmReply(ctx, t, assistant)
+	}
 	if err != nil && !errors.Is(err, errLeaseLost) {
 		s.o.Logger.WarnContext(ctx, "reply stored but the session record was not updated", "session_id", t.sessionID, "error", err)
 	}
 	return nil
+}
+
+// confirmReplyWait bounds confirmReply's wait for the reply's place to be
+// filled (by the reply, or by whatever took its place).
+const confirmReplyWait = 10 * time.Second
+
+// errReplyDisplaced: a taken-over turn's reply lost its place in the
+// transcript to the next turn.
+var errReplyDisplaced = fmt.Errorf("%w: the turn was taken over and its reply's place in the transcript was taken", sessionstore.ErrUnavailable)
+
+// confirmReply waits until the reply's place in the transcript holds a
+// message: nil if it is the reply, an error if another message took it or
+// nothing came in time.
+func (s *Service) confirmReply(ctx context.Context, t *turn, assistant *sessionsv1.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, confirmReplyWait)
+	defer cancel()
+	n := t.firstMessage + 1
+	wait := 50 * time.Millisecond
+	for {
+		msgs, err := s.o.Store.Messages(ctx, t.tenantID, t.sessionID, n, n+1)
+		if err == nil && len(msgs) > 0 {
+			if msgs[0].GetId() == assistant.GetId() {
+				return nil
+			}
+			s.o.Logger.WarnContext(ctx, "a taken-over turn's reply lost its place to the next turn; the caller is told it was not stored",
+				"session_id", t.sessionID, "message", n)
+			return errReplyDisplaced
+		}
+		tm := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			s.o.Logger.WarnContext(ctx, "a taken-over turn's reply could not be confirmed stored; the caller is told it was not",
+				"session_id", t.sessionID, "message", n, "error", err)
+			return errReplyDisplaced
+		case <-tm.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // release gives up the lease of a turn that could not finish normally,

@@ -1,0 +1,146 @@
+package sessionsvc
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
+	"github.com/kgents/kgents-go/sessionstore"
+	"github.com/kgents/kgents-go/soul"
+	"github.com/kgents/kgents-go/tenancy"
+)
+
+// spoolingStore is the store as a replica cut off from JetStream sees it
+// (sessionstore.Resilient in outage mode): an assistant message's write is
+// acknowledged at once and reaches the shared store only when flush is
+// called, as a spooled write is replayed; and once such a write is held,
+// record updates wait for release (the stalled writes of an election).
+type spoolingStore struct {
+	*sessionstore.Memory
+	blocked chan struct{} // closed when an update first waits
+	release chan struct{} // closed to let updates through
+
+	mu        sync.Mutex
+	held      []func() error
+	blockOnce sync.Once
+}
+
+func (s *spoolingStore) AppendMessage(ctx context.Context, tenantID string, n int, m *sessionsv1.Message) error {
+	if m.GetRole() != sessionsv1.Role_ROLE_ASSISTANT {
+		return s.Memory.AppendMessage(ctx, tenantID, n, m)
+	}
+	s.mu.Lock()
+	s.held = append(s.held, func() error { return s.Memory.AppendMessage(context.Background(), tenantID, n, m) })
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *spoolingStore) Update(ctx context.Context, tenantID, sessionID string, fn func(*sessionstore.Record) error) (*sessionstore.Record, error) {
+	s.mu.Lock()
+	holding := len(s.held) > 0
+	s.mu.Unlock()
+	if holding {
+		s.blockOnce.Do(func() { close(s.blocked) })
+		select {
+		case <-s.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s.Memory.Update(ctx, tenantID, sessionID, fn)
+}
+
+// flush replays the held writes; the first error is returned.
+func (s *spoolingStore) flush() error {
+	s.mu.Lock()
+	held := s.held
+	s.held = nil
+	s.mu.Unlock()
+	var first error
+	for _, w := range held {
+		if err := w(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// clock is a settable clock shared by the two replicas.
+type clock struct{ ns atomic.Int64 }
+
+func (c *clock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
+func (c *clock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+
+// A turn whose replica is cut off writes its reply into the spool (an
+// immediate acknowledgement), then stalls on the record's update past its
+// lease. Another replica closes the turn and runs the next one, whose user
+// message takes the reply's place; the spooled reply is refused when it is
+// replayed. The first turn's caller must not be told its reply is stored:
+// it gets UNAVAILABLE, and the next turn is unaffected.
+func TestTakenOverTurnDoesNotAcknowledgeADisplacedReply(t *testing.T) {
+	t.Parallel()
+	mem := sessionstore.NewMemory()
+	spool := &spoolingStore{Memory: mem, blocked: make(chan struct{}), release: make(chan struct{})}
+	clk := &clock{}
+	clk.ns.Store(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC).UnixNano())
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts := func(store sessionstore.Store, replica string) Options {
+		return Options{Store: store, Engine: soul.NewTemplateEngine(), Replica: replica, TurnLease: time.Hour,
+			TurnTimeout: time.Minute, Logger: log, Now: clk.now}
+	}
+	a, b := New(opts(spool, "a")), New(opts(mem, "b"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctx = tenancy.WithIdentity(ctx, &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
+	created, err := b.CreateSession(ctx, &sessionsv1.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetSession().GetId()
+
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := a.SendMessage(ctx, &sessionsv1.SendMessageRequest{SessionId: id, Message: "first"})
+		firstDone <- err
+	}()
+	select {
+	case <-spool.blocked:
+	case <-ctx.Done():
+		t.Fatal("the first turn never reached its record update")
+	}
+	// The lease (an hour, never renewed on this clock) lapses for
+	// everyone; the next send, on the other replica, closes the turn and
+	// runs its own.
+	clk.advance(2 * time.Hour)
+	second, err := b.SendMessage(ctx, &sessionsv1.SendMessageRequest{SessionId: id, Message: "second"})
+	if err != nil {
+		t.Fatalf("the next turn: %v", err)
+	}
+	close(spool.release)
+	err = <-firstDone
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("the taken-over turn answered %v; want UNAVAILABLE (its reply lost its place)", err)
+	}
+	if err := spool.flush(); err == nil {
+		t.Fatal("the spooled reply was stored after all: the test no longer displaces it")
+	}
+	msgs, err := mem.Messages(ctx, "t1", id, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.GetRole().String()+":"+m.GetId())
+	}
+	if len(msgs) != 3 || msgs[1].GetContent() != "second" || msgs[2].GetId() != second.GetMessage().GetId() {
+		t.Errorf("transcript %v: want the first user message, then the second turn", got)
+	}
+}
