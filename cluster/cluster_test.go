@@ -274,8 +274,7 @@ func TestRollingRestartNATS(t *testing.T) {
 		for _, nd := range c.NATS.Nodes {
 			began := time.Now()
 			nd.Stop()
-			nd.Start()
-			c.NATS.WaitHealthy(60 * time.Second)
+			c.NATS.RestartHealthy(nd, 45*time.Second)
 			t.Logf("%s restarted and the cluster healthy in %v", nd.Name, time.Since(began).Round(time.Millisecond))
 		}
 	})
