@@ -88,6 +88,9 @@ func StartKgentsd(t testing.TB, name string, env map[string]string) *Replica {
 		"SHUTDOWN_DRAIN":   "0",
 		"SHUTDOWN_TIMEOUT": "10s",
 		"LOG_LEVEL":        "warn",
+		// Logs, turn markers and in-flight usage records name the
+		// replica, not the host all of them share.
+		"KGENTS_REPLICA_NAME": name,
 	}
 	for k, v := range env {
 		vars[k] = v
