@@ -50,13 +50,10 @@ func writeError(w http.ResponseWriter, st *status.Status, requestID string) {
 		return
 	}
 	h := w.Header()
-	if h.Get("Retry-After") == "" {
-		switch {
-		case code == codes.ResourceExhausted || code == codes.Unavailable:
-			h.Set("Retry-After", strconv.Itoa(retryAfterSeconds(st)))
-		case hasRetryInfo(st): // e.g. a session busy with a turn (409)
-			h.Set("Retry-After", strconv.Itoa(retryAfterSeconds(st)))
-		}
+	// Throttling and unavailability always say when to retry; any other
+	// error does when it carries a RetryInfo (a session busy with a turn).
+	if h.Get("Retry-After") == "" && (code == codes.ResourceExhausted || code == codes.Unavailable || hasRetryInfo(st)) {
+		h.Set("Retry-After", strconv.Itoa(retryAfterSeconds(st)))
 	}
 	writeJSONError(w, httpStatus(code), code, msg)
 }

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -139,5 +141,27 @@ func TestNormalizeWithoutRequestID(t *testing.T) {
 	err := n.Normalize(context.Background(), "/x/Y", errors.New(secret))
 	if st := status.Convert(err); st.Code() != codes.Internal || st.Message() != "internal error" {
 		t.Errorf("got %s %q", st.Code(), st.Message())
+	}
+}
+
+func TestWithRetry(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		code  codes.Code
+		after time.Duration
+	}{{codes.Aborted, time.Second}, {codes.Unavailable, 5 * time.Second}, {codes.ResourceExhausted, 1500 * time.Millisecond}} {
+		st := status.Convert(statuserr.WithRetry(tc.code, "try later", tc.after))
+		if st.Code() != tc.code || st.Message() != "try later" {
+			t.Errorf("%v: got %v %q", tc.code, st.Code(), st.Message())
+		}
+		var got time.Duration
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.RetryInfo); ok {
+				got = ri.GetRetryDelay().AsDuration()
+			}
+		}
+		if got != tc.after {
+			t.Errorf("%v: retry delay %v, want %v", tc.code, got, tc.after)
+		}
 	}
 }

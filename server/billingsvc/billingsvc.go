@@ -12,15 +12,14 @@ import (
 	"errors"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kgents/kgents-go/billing/lifecycle"
 	"github.com/kgents/kgents-go/controlplane"
 	billingv1 "github.com/kgents/kgents-go/gen/kgents/billing/v1"
+	"github.com/kgents/kgents-go/interceptors/statuserr"
 	"github.com/kgents/kgents-go/server/tenantsvc"
 )
 
@@ -157,15 +156,7 @@ func Err(err error) error {
 	case errors.Is(err, lifecycle.ErrProviderRejected):
 		return status.Error(codes.InvalidArgument, Rejected)
 	case errors.Is(err, lifecycle.ErrProviderUnavailable):
-		return withRetry(codes.Unavailable, Unavailable, ProviderRetry)
+		return statuserr.WithRetry(codes.Unavailable, Unavailable, ProviderRetry)
 	}
 	return tenantsvc.Err(err, tenantsvc.TenantNotFound)
-}
-
-func withRetry(c codes.Code, msg string, after time.Duration) error {
-	st, err := status.New(c, msg).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)})
-	if err != nil {
-		return status.Error(c, msg)
-	}
-	return st.Err()
 }

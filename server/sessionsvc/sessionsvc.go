@@ -16,16 +16,15 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 	"github.com/kgents/kgents-go/interceptors/metering"
+	"github.com/kgents/kgents-go/interceptors/statuserr"
 	"github.com/kgents/kgents-go/sessionstore"
 	"github.com/kgents/kgents-go/soul"
 	"github.com/kgents/kgents-go/tenancy"
@@ -139,11 +138,7 @@ func storeError(err error) error {
 	case errors.Is(err, sessionstore.ErrNotFound):
 		return status.Error(codes.NotFound, "Session not found")
 	case errors.Is(err, sessionstore.ErrUnavailable):
-		st := status.New(codes.Unavailable, "session storage is unavailable; retry shortly")
-		if d, derr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)}); derr == nil {
-			st = d
-		}
-		return st.Err()
+		return statuserr.WithRetry(codes.Unavailable, "session storage is unavailable; retry shortly", 5*time.Second)
 	case errors.Is(err, sessionstore.ErrConflict):
 		return status.Error(codes.Aborted, "the session changed concurrently; retry")
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
@@ -222,13 +217,7 @@ func (s *Service) GetSession(ctx context.Context, req *sessionsv1.GetSessionRequ
 // turn's reply was acknowledged — when a replica finished the turn from
 // its spool during a NATS failover (docs/streaming.md, "Outage mode"), the
 // lease's release reaches the other replicas when the spool replays.
-var errTurnInFlight = func() error {
-	st := status.New(codes.Aborted, "A message is already being processed for this session; retry when it completes")
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)}); err == nil {
-		st = d
-	}
-	return st.Err()
-}()
+var errTurnInFlight = statuserr.WithRetry(codes.Aborted, "A message is already being processed for this session; retry when it completes", time.Second)
 
 var errClosed = status.Error(codes.FailedPrecondition, "Session is closed; it takes no new messages")
 

@@ -3,19 +3,19 @@ package sessionsvc
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 	"github.com/kgents/kgents-go/interceptors"
+	"github.com/kgents/kgents-go/interceptors/statuserr"
 )
 
 // Watch is where watchers get a session's events: live ones from this
@@ -111,11 +111,8 @@ func (s *Service) WatchSession(req *sessionsv1.WatchSessionRequest, stream grpc.
 	}
 	release, ok := s.watch.acquire(id.TenantID)
 	if !ok {
-		st := status.Newf(codes.ResourceExhausted, "Too many open watch streams for this tenant (limit %d); close one or retry later", s.watch.cap)
-		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)}); err == nil {
-			st = d
-		}
-		return st.Err()
+		return statuserr.WithRetry(codes.ResourceExhausted,
+			fmt.Sprintf("Too many open watch streams for this tenant (limit %d); close one or retry later", s.watch.cap), 5*time.Second)
 	}
 	defer release()
 
@@ -208,11 +205,7 @@ func (s *Service) WatchSession(req *sessionsv1.WatchSessionRequest, stream grpc.
 }
 
 func historyUnavailable() error {
-	st := status.New(codes.Unavailable, "session history cannot be read right now; retry shortly")
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(5 * time.Second)}); err == nil {
-		st = d
-	}
-	return st.Err()
+	return statuserr.WithRetry(codes.Unavailable, "session history cannot be read right now; retry shortly", 5*time.Second)
 }
 
 // watcher sends one watch stream's events, each once, in id order: an

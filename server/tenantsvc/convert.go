@@ -6,14 +6,13 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/kgents/kgents-go/controlplane"
 	tenantsv1 "github.com/kgents/kgents-go/gen/kgents/tenants/v1"
+	"github.com/kgents/kgents-go/interceptors/statuserr"
 	"github.com/kgents/kgents-go/tenancy"
 )
 
@@ -226,12 +225,12 @@ func Err(err error, notFound string) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &rl):
-		return withRetry(codes.ResourceExhausted, rl.Error(), time.Duration(rl.RetryAfterSeconds())*time.Second)
+		return statuserr.WithRetry(codes.ResourceExhausted, rl.Error(), time.Duration(rl.RetryAfterSeconds())*time.Second)
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	case errors.Is(err, controlplane.ErrUnavailable):
 		// The wrapped text may say what failed inside: never shown.
-		return withRetry(codes.Unavailable, controlplane.ErrUnavailable.Error(), unavailableRetry)
+		return statuserr.WithRetry(codes.Unavailable, controlplane.ErrUnavailable.Error(), unavailableRetry)
 	case errors.Is(err, controlplane.ErrSignupOff):
 		return status.Error(codes.NotFound, "Sign-up is not enabled on this server")
 	case errors.Is(err, controlplane.ErrNotFound):
@@ -256,12 +255,4 @@ func strip(err, sentinel error) string {
 		return rest
 	}
 	return msg
-}
-
-func withRetry(c codes.Code, msg string, after time.Duration) error {
-	st, err := status.New(c, msg).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)})
-	if err != nil {
-		return status.Error(c, msg)
-	}
-	return st.Err()
 }
