@@ -129,19 +129,10 @@ func TestEndedCallLeavesNoRecord(t *testing.T) {
 	_, js := srv.Connect(t)
 	store := billing.NewInflight(js, 1)
 	c := &capture{}
-	m := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Durable(context.Background(), store,
-		metering.DurableOptions{Tick: 20 * time.Millisecond, MinAge: 40 * time.Millisecond, Refresh: 60 * time.Millisecond, DeadAfter: 200 * time.Millisecond})
+	m := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Durable(context.Background(), store, fastDurable)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := m.Stream()(nil, &fakeStream{ctx: tenantCtx("")}, &grpc.StreamServerInfo{FullMethod: "/x.Y/Z", IsServerStream: true},
-		func(_ any, s grpc.ServerStream) error {
-			waitFor(t, "the record", func() bool {
-				recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
-				return err == nil && len(recs) == 1
-			})
-			return nil
-		})
-	if err != nil {
+	if err := longCall(t, ctx, m, store, nil); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the record removed", func() bool {
@@ -207,24 +198,14 @@ func TestCutOffReplicaDoesNotBillItsOwnEndedCall(t *testing.T) {
 	_, js := srv.Connect(t)
 	store := billing.NewInflight(js, 1)
 	c := &capture{}
-	opts := metering.DurableOptions{Tick: 20 * time.Millisecond, MinAge: 40 * time.Millisecond, Refresh: 60 * time.Millisecond, DeadAfter: 200 * time.Millisecond}
-	m := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Durable(context.Background(), store, opts)
+	m := metering.New(c, slog.New(slog.NewTextHandler(io.Discard, nil)), nil).Durable(context.Background(), store, fastDurable)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := m.Stream()(nil, &fakeStream{ctx: tenantCtx("")}, &grpc.StreamServerInfo{FullMethod: "/x.Y/Z", IsServerStream: true},
-		func(_ any, s grpc.ServerStream) error {
-			waitFor(t, "the record", func() bool {
-				recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
-				return err == nil && len(recs) == 1
-			})
-			srv.PauseJetStream()
-			return nil
-		})
-	if err != nil {
+	if err := longCall(t, ctx, m, store, srv.PauseJetStream); err != nil {
 		t.Fatal(err)
 	}
 	// Cut off for several DeadAfters and sweeps; then back.
-	time.Sleep(4 * opts.DeadAfter) // the outage itself: nothing to wait for
+	time.Sleep(4 * fastDurable.DeadAfter) // the outage itself: nothing to wait for
 	srv.ResumeJetStream()
 	waitFor(t, "the record removed", func() bool {
 		recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
@@ -240,4 +221,25 @@ func TestCutOffReplicaDoesNotBillItsOwnEndedCall(t *testing.T) {
 	if d := data(t, reqs[0]); d["status_code"] != 200.0 {
 		t.Errorf("the call was billed as %v, want its own end (200)", d)
 	}
+}
+
+// fastDurable is the loop's timing in these tests: a record after 40 ms,
+// rewritten every 60 ms, stale after 200 ms.
+var fastDurable = metering.DurableOptions{Tick: 20 * time.Millisecond, MinAge: 40 * time.Millisecond, Refresh: 60 * time.Millisecond, DeadAfter: 200 * time.Millisecond}
+
+// longCall runs one streamed call through m's interceptor that lasts until
+// store holds its record, then calls during (if set) and ends.
+func longCall(t *testing.T, ctx context.Context, m *metering.Meter, store *billing.Inflight, during func()) error {
+	t.Helper()
+	return m.Stream()(nil, &fakeStream{ctx: tenantCtx("")}, &grpc.StreamServerInfo{FullMethod: "/x.Y/Z", IsServerStream: true},
+		func(_ any, s grpc.ServerStream) error {
+			waitFor(t, "the record", func() bool {
+				recs, err := store.Stale(ctx, time.Now().Add(time.Hour))
+				return err == nil && len(recs) == 1
+			})
+			if during != nil {
+				during()
+			}
+			return nil
+		})
 }
