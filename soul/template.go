@@ -78,39 +78,51 @@ func (e *TemplateEngine) Stream(ctx context.Context, req Request, emit func(Chun
 		ReferencedPatterns:    c.patterns,
 	}
 	text := c.text
+	// Cancellation is checked before every chunk; the channel is read once
+	// (ctx.Err takes the context's lock, and a reply has dozens of chunks).
+	done := ctx.Done()
+	words := 0
 	for start := 0; start < len(text); {
-		if err := ctx.Err(); err != nil {
-			return withText(reply, text[:start]), err
+		select {
+		case <-done:
+			return withText(reply, text[:start], words), ctx.Err()
+		default:
 		}
 		if reply.Chunks > 0 && e.ChunkDelay > 0 {
 			if err := sleep(ctx, e.ChunkDelay); err != nil {
-				return withText(reply, text[:start]), err
+				return withText(reply, text[:start], words), err
 			}
 		}
-		end := chunkEnd(text, start)
+		end, word := chunkEnd(text, start)
 		if err := emit(Chunk{Text: text[start:end], Index: reply.Chunks}); err != nil {
-			return withText(reply, text[:start]), err
+			return withText(reply, text[:start], words), err
 		}
 		reply.Chunks++
+		if word {
+			words++
+		}
 		start = end
 	}
-	return withText(reply, text), nil
+	return withText(reply, text, words), nil
 }
 
 // withText completes reply with the text really emitted (all of it, or what
-// went out before a failure); a composed reply is billed for those words.
-func withText(reply Reply, text string) Reply {
+// went out before a failure) and its word count; a composed reply is billed
+// for those words.
+func withText(reply Reply, text string, words int) Reply {
 	reply.Text = text
 	if !reply.Template {
-		reply.TokensOut = estimateTokens(countWords(text))
+		reply.TokensOut = estimateTokens(words)
 	}
 	return reply
 }
 
 // chunkEnd returns where the chunk starting at start ends: after the
 // whitespace before the next word and the word itself. Trailing whitespace
-// joins the last chunk, so no chunk is whitespace only.
-func chunkEnd(text string, start int) int {
+// joins the last chunk, so no chunk is whitespace only unless the whole text
+// is. word reports whether the chunk holds a word, so a stream counts the
+// words of its text (as strings.Fields would) without a second pass.
+func chunkEnd(text string, start int) (end int, word bool) {
 	i := start
 	for i < len(text) { // leading whitespace
 		space, size := isSpaceAt(text, i)
@@ -119,6 +131,7 @@ func chunkEnd(text string, start int) int {
 		}
 		i += size
 	}
+	word = i < len(text)
 	for i < len(text) { // the word
 		space, size := isSpaceAt(text, i)
 		if space {
@@ -129,11 +142,11 @@ func chunkEnd(text string, start int) int {
 	for j := i; j < len(text); { // only whitespace left: take it along
 		space, size := isSpaceAt(text, j)
 		if !space {
-			return i
+			return i, word
 		}
 		j += size
 	}
-	return len(text)
+	return len(text), word
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -385,16 +385,25 @@ func TestChunkEnd(t *testing.T) {
 		{"x y ", []string{"x", " y "}},
 		{"more—or less", []string{"more—or", " less"}},
 		{"a\u00a0b c", []string{"a", "\u00a0b", " c"}}, // no-break space is whitespace
+		{" \t ", []string{" \t "}},                      // whitespace only: one chunk, no word
 	}
 	for _, tt := range tests {
 		var got []string
+		words := 0
 		for start := 0; start < len(tt.text); {
-			end := chunkEnd(tt.text, start)
+			end, word := chunkEnd(tt.text, start)
 			got = append(got, tt.text[start:end])
+			if word {
+				words++
+			}
 			start = end
 		}
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("chunks(%q) = %q, want %q", tt.text, got, tt.want)
+		}
+		// The stream's word count is what it bills: it must be strings.Fields'.
+		if want := len(strings.Fields(tt.text)); words != want {
+			t.Errorf("chunks(%q) hold %d words, want %d", tt.text, words, want)
 		}
 	}
 }

@@ -55,12 +55,19 @@ func asciiLower(c byte) byte {
 }
 
 // isSpaceAt reports whether s has a whitespace rune at byte offset i, and
-// that rune's width.
+// that rune's width. The ASCII case is inlined at every call; replies are
+// almost all ASCII.
 func isSpaceAt(s string, i int) (bool, int) {
-	c := s[i]
-	if c < utf8.RuneSelf {
-		return c == ' ' || ('\t' <= c && c <= '\r'), 1
+	if c := s[i]; c < utf8.RuneSelf {
+		return asciiSpace[c] != 0, 1
 	}
+	return isSpaceRuneAt(s, i)
+}
+
+// asciiSpace marks the ASCII whitespace of unicode.IsSpace.
+var asciiSpace = [utf8.RuneSelf]uint8{'\t': 1, '\n': 1, '\v': 1, '\f': 1, '\r': 1, ' ': 1}
+
+func isSpaceRuneAt(s string, i int) (bool, int) {
 	r, size := utf8.DecodeRuneInString(s[i:])
 	return unicode.IsSpace(r), size
 }
