@@ -385,7 +385,7 @@ func TestChunkEnd(t *testing.T) {
 		{"x y ", []string{"x", " y "}},
 		{"more—or less", []string{"more—or", " less"}},
 		{"a\u00a0b c", []string{"a", "\u00a0b", " c"}}, // no-break space is whitespace
-		{" \t ", []string{" \t "}},                      // whitespace only: one chunk, no word
+		{" \t ", []string{" \t "}},                     // whitespace only: one chunk, no word
 	}
 	for _, tt := range tests {
 		var got []string
