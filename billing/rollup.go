@@ -358,6 +358,7 @@ func (r *Rollup) step(ctx context.Context, kv jetstream.KeyValue) (bool, error) 
 		return false, nil
 	}
 	ov := r.ids.overlay()
+	defer ov.rollback() // unless committed below: the range is decided again
 	changes, err := r.decide(ctx, ov, msgs, true)
 	if err != nil {
 		return false, err
@@ -432,6 +433,7 @@ func (r *Rollup) catchUp(ctx context.Context, through uint64) error {
 		}
 		ov := r.ids.overlay()
 		if _, err := r.decide(ctx, ov, msgs, false); err != nil {
+			ov.rollback()
 			return err
 		}
 		ov.commit()

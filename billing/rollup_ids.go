@@ -53,6 +53,10 @@ type idIndex struct {
 	head int
 	// early counts entries dropped by the max before their window ended.
 	early prometheus.Counter
+	// open is the overlay whose decisions the index holds uncommitted (nil:
+	// none); while one is open, every change is journaled so it can be
+	// undone, and the fifo is not compacted.
+	open *overlay
 }
 
 func newIDIndex(window time.Duration, max int) *idIndex {
@@ -72,9 +76,29 @@ func (x *idIndex) get(k idKey, now int64) (idEntry, bool) {
 }
 
 func (x *idIndex) put(k idKey, e idEntry) {
-	x.m[k] = e
+	x.set(k, e)
 	x.fifo = append(x.fifo, fifoEntry{k: k, at: e.at})
 	x.evict(e.at)
+}
+
+// set stores e as k's entry, journaling what it replaces while an overlay
+// is open.
+func (x *idIndex) set(k idKey, e idEntry) {
+	if o := x.open; o != nil {
+		prev, had := x.m[k]
+		o.undo = append(o.undo, undoEntry{k: k, prev: prev, had: had})
+	}
+	x.m[k] = e
+}
+
+// del forgets k, journaled like set.
+func (x *idIndex) del(k idKey) {
+	if o := x.open; o != nil {
+		if prev, had := x.m[k]; had {
+			o.undo = append(o.undo, undoEntry{k: k, prev: prev, had: true})
+		}
+	}
+	delete(x.m, k)
 }
 
 // evict forgets the entries older than the window before now, and the
@@ -88,62 +112,93 @@ func (x *idIndex) evict(now int64) {
 		case !ok || e.at != f.at:
 			// Set again since (listed further on), or gone.
 		case e.at < cutoff:
-			delete(x.m, f.k)
+			x.del(f.k)
 		case len(x.m) > x.max:
-			delete(x.m, f.k)
-			x.early.Inc()
+			x.del(f.k)
+			if x.open != nil {
+				x.open.early++
+			} else {
+				x.early.Inc()
+			}
 		default:
 			x.compact()
 			return
 		}
-		x.fifo[x.head] = fifoEntry{}
 		x.head++
 	}
 	x.compact()
 }
 
-// compact drops the fifo's consumed front once it is most of the slice.
+// compact drops the fifo's consumed front once it is most of the slice
+// (not while an overlay is open: its undo restores the fifo by position).
 func (x *idIndex) compact() {
-	if x.head >= 1024 && x.head >= len(x.fifo)/2 {
+	if x.open == nil && x.head >= 1024 && x.head >= len(x.fifo)/2 {
 		n := copy(x.fifo, x.fifo[x.head:])
 		x.fifo = x.fifo[:n]
 		x.head = 0
 	}
 }
 
-// overlay is a range's decisions, kept apart until the range is applied:
-// a range that fails is decided again from the same index.
+// overlay is a range's decisions, which a range that fails must not keep:
+// it is decided again from the same index. The decisions go into the index
+// at once (a range's ids are mostly new, and one map is half the lookups of
+// two), with a journal of what they replaced; rollback undoes them, commit
+// keeps them. At most one overlay is open at a time.
 type overlay struct {
-	x     *idIndex
-	m     map[idKey]idEntry
-	order []idKey
+	x       *idIndex
+	undo    []undoEntry
+	fifoLen int
+	head    int
+	early   float64
+	closed  bool
 }
 
-func (x *idIndex) overlay() *overlay { return &overlay{x: x, m: map[idKey]idEntry{}} }
+// undoEntry is a map entry as it was before an open overlay changed it.
+type undoEntry struct {
+	k    idKey
+	prev idEntry
+	had  bool
+}
 
-func (o *overlay) get(k idKey, now int64) (idEntry, bool) {
-	if e, ok := o.m[k]; ok {
-		if e.at < now-o.x.window {
-			return idEntry{}, false
-		}
-		return e, true
+func (x *idIndex) overlay() *overlay {
+	if x.open != nil {
+		panic("billing: an id index overlay is already open")
 	}
-	return o.x.get(k, now)
+	o := &overlay{x: x, fifoLen: len(x.fifo), head: x.head}
+	x.open = o
+	return o
 }
 
-func (o *overlay) put(k idKey, e idEntry) {
-	if _, ok := o.m[k]; !ok {
-		o.order = append(o.order, k)
-	}
-	o.m[k] = e
-}
+func (o *overlay) get(k idKey, now int64) (idEntry, bool) { return o.x.get(k, now) }
 
-// commit moves the decisions into the index, in the order they were taken.
+func (o *overlay) put(k idKey, e idEntry) { o.x.put(k, e) }
+
+// commit keeps the decisions.
 func (o *overlay) commit() {
-	for _, k := range o.order {
-		o.x.put(k, o.m[k])
+	if o.closed {
+		return
 	}
-	o.m, o.order = nil, nil
+	o.closed, o.x.open = true, nil
+	o.x.early.Add(o.early)
+	o.x.compact()
+}
+
+// rollback undoes the decisions (a no-op once committed), so the index is
+// as it was when the overlay opened.
+func (o *overlay) rollback() {
+	if o.closed {
+		return
+	}
+	o.closed, o.x.open = true, nil
+	for i := len(o.undo) - 1; i >= 0; i-- {
+		u := o.undo[i]
+		if u.had {
+			o.x.m[u.k] = u.prev
+		} else {
+			delete(o.x.m, u.k)
+		}
+	}
+	o.x.fifo, o.x.head = o.x.fifo[:o.fifoLen], o.head
 }
 
 // rollupMetrics are the rollup's Prometheus metrics.

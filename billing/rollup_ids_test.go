@@ -2,7 +2,9 @@ package billing
 
 import (
 	"fmt"
+	"maps"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -91,12 +93,49 @@ func TestIDIndex(t *testing.T) {
 		if e, ok := ov.get(k(1), sec); !ok || !e.refunded {
 			t.Errorf("the overlay's own decision is what it reads: %+v %v", e, ok)
 		}
-		if e, _ := x.get(k(1), sec); e.refunded || x.len() != 1 {
-			t.Errorf("an overlay not committed changed the index: %+v, %d ids", e, x.len())
-		}
 		ov.commit()
+		ov.rollback() // after commit: nothing to undo
 		if e, ok := x.get(k(1), sec); !ok || !e.refunded || x.len() != 2 {
 			t.Errorf("after commit: %+v %v, %d ids", e, ok, x.len())
+		}
+	})
+
+	// A rolled-back overlay leaves the index exactly as it was, evictions
+	// by age and by the maximum included, and the early count untouched.
+	t.Run("rollback", func(t *testing.T) {
+		t.Parallel()
+		x := newIDIndex(10*time.Second, 4)
+		reg := prometheus.NewRegistry()
+		x.early = newRollupMetrics(reg).early
+		for i := range 4 {
+			x.put(k(i), idEntry{seq: uint64(i), at: int64(i) * sec})
+		}
+		wantM := maps.Clone(x.m)
+		wantFifo, wantHead := slices.Clone(x.fifo[x.head:]), x.head
+
+		ov := x.overlay()
+		ov.put(k(1), idEntry{seq: 11, at: 4 * sec, refunded: true}) // changed
+		ov.put(k(7), idEntry{seq: 7, at: 5 * sec})                  // new: the maximum drops k(0) early
+		ov.put(k(8), idEntry{seq: 8, at: 13 * sec})                 // k(2), k(3) out of the window
+		if _, ok := x.get(k(0), 5*sec); ok {
+			t.Fatal("the open overlay's eviction is not in effect")
+		}
+		ov.rollback()
+		if !maps.Equal(x.m, wantM) {
+			t.Errorf("entries after rollback: %v, want %v", x.m, wantM)
+		}
+		if got := x.fifo[x.head:]; !slices.Equal(got, wantFifo) || x.head != wantHead {
+			t.Errorf("fifo after rollback: %v at %d, want %v at %d", got, x.head, wantFifo, wantHead)
+		}
+		if got := metric(t, reg, "kgents_usage_rollup_dedupe_evicted_early_total", nil); got != 0 {
+			t.Errorf("a rolled-back eviction counted: %v", got)
+		}
+		// The same decisions again, committed, count once.
+		ov = x.overlay()
+		ov.put(k(7), idEntry{seq: 7, at: 5 * sec})
+		ov.commit()
+		if got := metric(t, reg, "kgents_usage_rollup_dedupe_evicted_early_total", nil); got != 1 {
+			t.Errorf("evicted early after commit: %v, want 1", got)
 		}
 	})
 }
