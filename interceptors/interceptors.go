@@ -10,6 +10,7 @@ package interceptors
 import (
 	"context"
 	"net"
+	"sync"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	mwinterceptors "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
@@ -134,6 +135,21 @@ func splitMethod(fullMethod string) [2]string {
 	c := mwinterceptors.NewServerCallMeta(fullMethod, nil, nil)
 	return [2]string{c.Service, c.Method}
 }
+
+// FullMethod is c.FullMethod() without formatting a new string on every
+// call: the names are kept once per method. Only registered methods reach
+// the interceptors (grpc-go answers Unimplemented before them), so the cache
+// is bounded by the services' methods.
+func FullMethod(c mwinterceptors.CallMeta) string {
+	key := [2]string{c.Service, c.Method}
+	if v, ok := fullMethods.Load(key); ok {
+		return v.(string)
+	}
+	v, _ := fullMethods.LoadOrStore(key, c.FullMethod())
+	return v.(string)
+}
+
+var fullMethods sync.Map // [2]string → string
 
 // FirstValue returns the first value of an incoming metadata key (lower
 // case) in ctx, or "". Unlike metadata.FromIncomingContext it does not copy

@@ -41,6 +41,21 @@ func TestMethodSet(t *testing.T) {
 	}
 }
 
+// FullMethod names each method as CallMeta.FullMethod does, the first time
+// and from its cache, and allocates nothing once a method is known.
+func TestFullMethod(t *testing.T) {
+	for _, m := range []string{interceptortest.Dialogue, interceptortest.StreamDialogue, interceptortest.Dialogue} {
+		meta := mwinterceptors.NewServerCallMeta(m, nil, nil)
+		if got := interceptors.FullMethod(meta); got != m || got != meta.FullMethod() {
+			t.Errorf("FullMethod(%q) = %q", m, got)
+		}
+	}
+	meta := mwinterceptors.NewServerCallMeta(interceptortest.Dialogue, nil, nil)
+	if n := testing.AllocsPerRun(100, func() { _ = interceptors.FullMethod(meta) }); n != 0 {
+		t.Errorf("a known method's name allocates %v times", n)
+	}
+}
+
 // TestSelectorAppliesToTheListedMethods: an interceptor put behind
 // selector with a MethodSet runs for those methods only, unary and stream.
 func TestSelectorAppliesToTheListedMethods(t *testing.T) {

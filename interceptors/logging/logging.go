@@ -96,7 +96,7 @@ func (r *report) PostCall(err error, d time.Duration) {
 	}
 	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs,
-		slog.String("method", r.meta.FullMethod()),
+		slog.String("method", interceptors.FullMethod(r.meta)),
 		slog.String("code", code.String()),
 		slog.Float64("duration_ms", float64(d.Microseconds())/1000),
 	)

@@ -254,7 +254,7 @@ func (d *durable) write(ctx context.Context, now time.Time) {
 // record is what r would emit if it ended at now.
 func (d *durable) record(r *report, now time.Time) billing.InflightRecord {
 	c := &call{
-		ctx: r.ctx, method: r.meta.FullMethod(), info: interceptors.InfoFrom(r.ctx),
+		ctx: r.ctx, method: interceptors.FullMethod(r.meta), info: interceptors.InfoFrom(r.ctx),
 		tenant: r.id.TenantID, base: r.eventBase(), code: codes.Unavailable, d: now.Sub(r.start), at: now,
 	}
 	c.tokens, c.invokes, c.sessions = r.rec.Snapshot()

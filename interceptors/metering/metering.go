@@ -148,7 +148,7 @@ func (r *report) PostMsgReceive(any, error, time.Duration) {}
 // PostCall hands what the call did to the Meter, which emits its events.
 func (r *report) PostCall(err error, d time.Duration) {
 	c := &call{
-		ctx: r.ctx, method: r.meta.FullMethod(), info: interceptors.InfoFrom(r.ctx),
+		ctx: r.ctx, method: interceptors.FullMethod(r.meta), info: interceptors.InfoFrom(r.ctx),
 		tenant: r.id.TenantID, code: status.Code(err), d: d, at: r.m.eventNow(),
 	}
 	if t := interceptors.TagsFrom(r.ctx); t != nil {
