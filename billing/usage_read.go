@@ -30,15 +30,21 @@ const (
 
 var errNotUsage = errors.New("not a usage event")
 
+// readerOptions: the reader does not track every object's member names to
+// refuse duplicates (a tenth of its time). A duplicated member reads as its
+// last value; the events come from this package's own encoder, which never
+// writes one.
+var readerOptions = jsontext.AllowDuplicateNames(true)
+
 // read appends the events of a message (one, or a call's batch) to out,
 // leaving out those that cannot be attributed (no id or subject, or not a
 // well-formed event); stored is the time an event without one gets.
 func (u *usageReader) read(subject string, data []byte, stored time.Time, out []usageEvent) []usageEvent {
 	u.rd.Reset(data)
 	if u.dec == nil {
-		u.dec = jsontext.NewDecoder(&u.rd)
+		u.dec = jsontext.NewDecoder(&u.rd, readerOptions)
 	} else {
-		u.dec.Reset(&u.rd)
+		u.dec.Reset(&u.rd, readerOptions)
 	}
 	if !IsBatch(subject) {
 		if ev, err := u.event(stored); err == nil {
