@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,6 +69,8 @@ const (
 	// loadBatch is the most messages one read of a catch-up asks for.
 	loadBatch  = 4096
 	rollupPoll = 250 * time.Millisecond
+	// yieldEvery is how many events decide reads between yields (~0.5 ms).
+	yieldEvery = 256
 	// loadMargin widens the window loaded at start: server and replica
 	// clocks differ a little, and an id more is harmless.
 	loadMargin = time.Minute
@@ -431,18 +434,27 @@ func (r *Rollup) catchUp(ctx context.Context, through uint64) error {
 			r.next = through + 1
 			break
 		}
-		ov := r.ids.overlay()
-		if _, err := r.decide(ctx, ov, msgs, false); err != nil {
-			ov.rollback()
+		if err := r.takeIn(ctx, msgs); err != nil {
 			return err
 		}
-		ov.commit()
 		r.next = msgs[len(msgs)-1].Sequence + 1
 		if done {
 			r.next = max(r.next, through+1)
 		}
 	}
 	r.m.ids.Set(float64(r.ids.len()))
+	return nil
+}
+
+// takeIn decides msgs into the id index only (their changes are in the
+// buckets already); on failure the index is as it was.
+func (r *Rollup) takeIn(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
+	ov := r.ids.overlay()
+	defer ov.rollback() // unless committed: a no-op then
+	if _, err := r.decide(ctx, ov, msgs, false); err != nil {
+		return err
+	}
+	ov.commit()
 	return nil
 }
 
@@ -504,13 +516,23 @@ func (r *Rollup) decide(ctx context.Context, ov *overlay, msgs []*jetstream.RawS
 	for _, m := range msgs {
 		bySeq[m.Sequence] = m
 	}
+	decided := 0
 	for _, m := range msgs {
+		if decided >= yieldEvery {
+			// A range is up to rollupBatch batches of calls: seconds of
+			// CPU on one goroutine. Let the calls being served have the
+			// processor in between, not only at the runtime's 10 ms
+			// preemption (that was the tail of a loaded replica's latency).
+			decided = 0
+			runtime.Gosched()
+		}
 		dead := strings.HasPrefix(m.Subject, DeadSubjectPrefix)
 		if !dead && !strings.HasPrefix(m.Subject, EventSubjectPrefix) {
 			continue
 		}
 		evs := r.reader.read(m.Subject, m.Data, m.Time, r.evs[:0])
 		r.evs = evs
+		decided += len(evs)
 		for i, ev := range evs {
 			if seenBefore(evs[:i], ev.ID) {
 				// The same id twice in one message: a call and its
