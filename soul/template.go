@@ -123,30 +123,13 @@ func withText(reply Reply, text string, words int) Reply {
 // is. word reports whether the chunk holds a word, so a stream counts the
 // words of its text (as strings.Fields would) without a second pass.
 func chunkEnd(text string, start int) (end int, word bool) {
-	i := start
-	for i < len(text) { // leading whitespace
-		space, size := isSpaceAt(text, i)
-		if !space {
-			break
-		}
-		i += size
-	}
+	i := skipRun(text, start, true) // leading whitespace
 	word = i < len(text)
-	for i < len(text) { // the word
-		space, size := isSpaceAt(text, i)
-		if space {
-			break
-		}
-		i += size
+	i = skipRun(text, i, false) // the word
+	if skipRun(text, i, true) == len(text) {
+		return len(text), word // only whitespace left: take it along
 	}
-	for j := i; j < len(text); { // only whitespace left: take it along
-		space, size := isSpaceAt(text, j)
-		if !space {
-			return i, word
-		}
-		j += size
-	}
-	return len(text), word
+	return i, word
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -512,3 +512,36 @@ func TestTemplateConcurrentUse(t *testing.T) {
 		t.Errorf("concurrent reply differs: %q", text)
 	}
 }
+
+// FuzzChunks: for any text, the chunks concatenate to it and hold exactly
+// strings.Fields' words (what a composed reply is billed for), at most one
+// each.
+func FuzzChunks(f *testing.F) {
+	for _, s := range []string{"", " ", "one", "a  b\n\tc", "more—or less", "a\u00a0b c", "x\u2028y", "\xff \xfe", "trail  "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		var b strings.Builder
+		words := 0
+		for start := 0; start < len(text); {
+			end, word := chunkEnd(text, start)
+			if end <= start {
+				t.Fatalf("chunk at %d of %q does not advance", start, text)
+			}
+			if word {
+				words++
+			}
+			if n := len(strings.Fields(text[start:end])); n > 1 || (n == 1) != word {
+				t.Fatalf("chunk %q of %q: %d words, reported %v", text[start:end], text, n, word)
+			}
+			b.WriteString(text[start:end])
+			start = end
+		}
+		if b.String() != text {
+			t.Fatalf("chunks of %q concatenate to %q", text, b.String())
+		}
+		if want := len(strings.Fields(text)); words != want || countWords(text) != want {
+			t.Fatalf("%q: chunks hold %d words, countWords %d, strings.Fields %d", text, words, countWords(text), want)
+		}
+	})
+}

@@ -54,36 +54,43 @@ func asciiLower(c byte) byte {
 	return c
 }
 
-// isSpaceAt reports whether s has a whitespace rune at byte offset i, and
-// that rune's width. The ASCII case is inlined at every call; replies are
-// almost all ASCII.
-func isSpaceAt(s string, i int) (bool, int) {
-	if c := s[i]; c < utf8.RuneSelf {
-		return asciiSpace[c] != 0, 1
-	}
-	return isSpaceRuneAt(s, i)
+// asciiSpace marks the ASCII whitespace of unicode.IsSpace.
+var asciiSpace = [utf8.RuneSelf]bool{'\t': true, '\n': true, '\v': true, '\f': true, '\r': true, ' ': true}
+
+// isSpaceRuneAt reports whether s starts with a whitespace rune beyond
+// ASCII, and its width.
+func isSpaceRuneAt(s string) (bool, int) {
+	r, size := utf8.DecodeRuneInString(s)
+	return unicode.IsSpace(r), size
 }
 
-// asciiSpace marks the ASCII whitespace of unicode.IsSpace.
-var asciiSpace = [utf8.RuneSelf]uint8{'\t': 1, '\n': 1, '\v': 1, '\f': 1, '\r': 1, ' ': 1}
-
-func isSpaceRuneAt(s string, i int) (bool, int) {
-	r, size := utf8.DecodeRuneInString(s[i:])
-	return unicode.IsSpace(r), size
+// skipRun returns the end of the run of whitespace (space) or of
+// non-whitespace (!space) that starts at byte offset i of s. Replies are
+// almost all ASCII: its bytes are classified by table, inline.
+func skipRun(s string, i int, space bool) int {
+	for i < len(s) {
+		if c := s[i]; c < utf8.RuneSelf {
+			if asciiSpace[c] != space {
+				return i
+			}
+			i++
+			continue
+		}
+		sp, size := isSpaceRuneAt(s[i:])
+		if sp != space {
+			return i
+		}
+		i += size
+	}
+	return i
 }
 
 // countWords counts whitespace-separated words, as strings.Fields would,
 // without allocating.
 func countWords(s string) int {
 	n := 0
-	inWord := false
-	for i := 0; i < len(s); {
-		space, size := isSpaceAt(s, i)
-		if !space && !inWord {
-			n++
-		}
-		inWord = !space
-		i += size
+	for i := skipRun(s, 0, true); i < len(s); i = skipRun(s, skipRun(s, i, false), true) {
+		n++
 	}
 	return n
 }
