@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"flag"
 	"io"
 	"log/slog"
 	"net"
@@ -49,6 +50,12 @@ func chainServer(b *testing.B, opts ...grpc.ServerOption) *grpc.ClientConn {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
+	}
+	if benchStreamWorkers {
+		// Every variant serves as kgentsd does: calls run on a pool of
+		// reused goroutines, so none pays a fresh goroutine's stack growth
+		// to its chain's depth on every call.
+		opts = append(opts, grpc.NumStreamWorkers(streamWorkers))
 	}
 	gs := grpc.NewServer(opts...)
 	soulv1.RegisterSoulServiceServer(gs, soulsvc.New(soul.NewTemplateEngine(), soul.NewGovernor(nil)))
@@ -157,6 +164,15 @@ func unlimitedTiers() tenancy.Tiers {
 		t[k] = l
 	}
 	return t
+}
+
+// benchStreamWorkers: BenchmarkChainOverhead's servers use kgentsd's stream
+// worker pool (-bench-workers=false: a goroutine per call, grpc-go's
+// default, as the figures before 2026-12-06's second run were measured).
+var benchStreamWorkers = true
+
+func init() {
+	flag.BoolVar(&benchStreamWorkers, "bench-workers", true, "BenchmarkChainOverhead: serve on kgentsd's stream worker pool")
 }
 
 // BenchmarkChainOverhead compares one unary Soul.Dialogue call (template
