@@ -416,10 +416,17 @@ describe("console", () => {
     assert.deepEqual(navs.slice(0, 4), ["nav-playground", "nav-watch", "nav-keys", "nav-usage"], `tab order: ${seen}`);
     const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
     assert.notEqual(outline, "none", "focus is visible");
+    // After a page change the console moves focus to the page's heading (an effect
+    // after render): wait for that before moving focus on, or it takes focus back
+    // in the middle of what is typed next.
+    const headingFocused = () => page.waitForFunction(() => document.activeElement === document.querySelector("main h1"));
     await page.keyboard.press("Enter");
     await page.getByTestId("usage-chart").waitFor();
+    await headingFocused();
     await page.getByTestId("nav-playground").focus();
     await page.keyboard.press("Enter");
+    await page.getByTestId("message-input").waitFor();
+    await headingFocused();
     await page.getByTestId("message-input").focus();
     await page.keyboard.type("hello there");
     // Enter sends what the page holds: wait until it holds all of it.
