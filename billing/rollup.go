@@ -234,8 +234,10 @@ type Rollup struct {
 	js  jetstream.JetStream
 	cfg RollupConfig
 	log *slog.Logger
-	kv  jetstream.KeyValue
 	m   *rollupMetrics
+
+	kvMu sync.Mutex
+	kv   jetstream.KeyValue // nil until created (bucket)
 
 	// Owned by Run's goroutine.
 	ids    *idIndex
@@ -256,7 +258,11 @@ func NewRollup(js jetstream.JetStream, cfg RollupConfig) *Rollup {
 	return &Rollup{js: js, cfg: cfg, log: cfg.Logger.With("component", "usage-rollup"), m: m, ids: ids}
 }
 
+// bucket returns the history's bucket, created on first use. Run's goroutine
+// and the readers (History, Top) all call it, so kv is kept under kvMu.
 func (r *Rollup) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	r.kvMu.Lock()
+	defer r.kvMu.Unlock()
 	if r.kv != nil {
 		return r.kv, nil
 	}
