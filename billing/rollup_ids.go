@@ -162,7 +162,9 @@ type undoEntry struct {
 
 func (x *idIndex) overlay() *overlay {
 	if x.open != nil {
-		panic("billing: an id index overlay is already open")
+		// Left open by a range that never finished (every caller defers
+		// rollback, so only a panic gets here): its decisions are undone.
+		x.open.rollback()
 	}
 	o := &overlay{x: x, fifoLen: len(x.fifo), head: x.head}
 	x.open = o

@@ -130,6 +130,14 @@ func TestIDIndex(t *testing.T) {
 		if got := metric(t, reg, "kgents_usage_rollup_dedupe_evicted_early_total", nil); got != 0 {
 			t.Errorf("a rolled-back eviction counted: %v", got)
 		}
+		// An overlay left open (a range that panicked) is undone by the next.
+		stale := x.overlay()
+		stale.put(k(9), idEntry{seq: 9, at: 5 * sec})
+		ov = x.overlay()
+		if _, ok := x.get(k(9), 5*sec); ok || !maps.Equal(x.m, wantM) {
+			t.Errorf("a stale overlay's decisions survived the next one: %v", x.m)
+		}
+		ov.rollback()
 		// The same decisions again, committed, count once.
 		ov = x.overlay()
 		ov.put(k(7), idEntry{seq: 7, at: 5 * sec})

@@ -51,7 +51,7 @@ func chainServer(b *testing.B, opts ...grpc.ServerOption) *grpc.ClientConn {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if benchStreamWorkers {
+	if *benchStreamWorkers {
 		// Every variant serves as kgentsd does: calls run on a pool of
 		// reused goroutines, so none pays a fresh goroutine's stack growth
 		// to its chain's depth on every call.
@@ -169,11 +169,7 @@ func unlimitedTiers() tenancy.Tiers {
 // benchStreamWorkers: BenchmarkChainOverhead's servers use kgentsd's stream
 // worker pool (-bench-workers=false: a goroutine per call, grpc-go's
 // default, as the figures before 2026-12-06's second run were measured).
-var benchStreamWorkers = true
-
-func init() {
-	flag.BoolVar(&benchStreamWorkers, "bench-workers", true, "BenchmarkChainOverhead: serve on kgentsd's stream worker pool")
-}
+var benchStreamWorkers = flag.Bool("bench-workers", true, "BenchmarkChainOverhead: serve on kgentsd's stream worker pool")
 
 // BenchmarkChainOverhead compares one unary Soul.Dialogue call (template
 // engine, loopback TCP, one caller) on bare grpc-go with the same call
