@@ -36,6 +36,7 @@ import (
 	"github.com/kgents/kgents-go/interceptors/idempotency"
 	"github.com/kgents/kgents-go/interceptors/metering"
 	"github.com/kgents/kgents-go/quota"
+	"github.com/kgents/kgents-go/sessionstore"
 	"github.com/kgents/kgents-go/streaming"
 	"github.com/kgents/kgents-go/telemetry"
 	"github.com/kgents/kgents-go/tenancy"
@@ -52,7 +53,11 @@ type Server struct {
 	keyring *tenancy.Keyring
 	nats    *streaming.Conn
 	pub     *streaming.Publisher
-	health  healthSources
+	// sessionsJS is the JetStream session store (nil with NATS disabled),
+	// made before the publisher: the publisher's replay settles the
+	// store's refused writes through it (sessionstore.Resolver).
+	sessionsJS *sessionstore.JetStream
+	health     healthSources
 
 	grpc       *grpc.Server
 	grpcHealth *health.Server
@@ -178,11 +183,17 @@ func New(ctx context.Context, cfg *config.Config, o Options) (_ *Server, err err
 	s.addCloser(func(ctx context.Context) error { s.nats.Close(ctx); return nil })
 	// Every JetStream write goes through one durable publisher (closed before
 	// the connection: closers run in reverse).
+	var resolve func(context.Context, *streaming.Message, error) error
+	if s.nats.Enabled() {
+		s.sessionsJS = sessionstore.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas).FailFast(s.nats.Connected)
+		resolve = s.sessionsJS.Resolver(log)
+	}
 	if s.pub, err = streaming.NewPublisher(s.nats, streaming.PublisherOptions{
 		SpoolDir:   filepath.Join(cfg.DataDir, "spool"),
 		Logger:     log,
 		Registerer: s.reg,
 		Tracer:     s.tracing.Provider,
+		Resolve:    resolve,
 	}); err != nil {
 		return nil, fmt.Errorf("publisher: %w", err)
 	}

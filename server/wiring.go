@@ -73,7 +73,7 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	s.health.nats = natsHealth(s.nats, s.pub, hub)
 	if s.nats.Enabled() {
 		history = streaming.NewHistory(s.nats.JetStream(), s.tracing.Provider)
-		jsStore := sessionstore.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas).FailFast(s.nats.Connected)
+		jsStore := s.sessionsJS
 		jsIdem := idempotency.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas, cfg.Sessions.IdempotencyTTL).FailFast(s.nats.Connected)
 		inflight = billing.NewInflight(s.nats.JetStream(), cfg.NATS.Replicas)
 		ensure := func() {

@@ -88,7 +88,7 @@ func (r *Resilient) Create(ctx context.Context, s *sessionsv1.Session) (*Record,
 		return nil, err
 	}
 	rec = &Record{Session: s, Unindexed: true}
-	if err := r.spoolRecord(ctx, rec); err != nil {
+	if err := r.spoolRecord(ctx, rec, ""); err != nil {
 		return nil, err
 	}
 	r.cache.put(rec)
@@ -145,10 +145,18 @@ func (r *Resilient) Update(ctx context.Context, tenantID, sessionID string, fn f
 		backoff = min(2*backoff, 500*time.Millisecond)
 	}
 	return r.cache.update(tenantID, sessionID, func(rec *Record) error {
+		held := ""
+		if rec.Turn != nil {
+			held = rec.Turn.ID
+		}
 		if err := fn(rec); err != nil {
 			return err
 		}
-		return r.spoolRecord(ctx, rec)
+		released := ""
+		if held != "" && (rec.Turn == nil || rec.Turn.ID != held) {
+			released = held
+		}
+		return r.spoolRecord(ctx, rec, released)
 	})
 }
 
@@ -176,20 +184,33 @@ func (r *Resilient) AppendMessage(ctx context.Context, tenantID string, n int, m
 	return nil
 }
 
-// spoolRecord writes a record as a KV put through the publisher.
-func (r *Resilient) spoolRecord(ctx context.Context, rec *Record) error {
+// spoolRecord writes a record as a KV put through the publisher: a
+// compare-and-set against the revision the record was last read at (0 for
+// one created here while NATS was away). Refused because another write came
+// first, it is merged into that one instead (see reconcile.go); released
+// names the turn whose lease this write gave up.
+func (r *Resilient) spoolRecord(ctx context.Context, rec *Record, released string) error {
 	b, err := encodeRecord(rec)
 	if err != nil {
 		return err
 	}
 	k := key(rec.Session.GetTenantId(), rec.Session.GetId())
-	err = r.pub.PublishDurable(ctx, streaming.Message{
-		Subject: "$KV." + SessionsBucket + "." + k,
+	m := streaming.Message{
+		Subject: kvSubject(SessionsBucket, k),
 		Data:    b,
 		// Distinct per write (the sequence of events is the record's
 		// version): a replay of the same write is stored once.
-		MsgID: "session:" + k + ":" + itoa(rec.EventSeq) + ":" + itoa(uint64(rec.Session.GetMessageCount())) + ":" + turnID(rec),
-	})
+		MsgID:  "session:" + k + ":" + itoa(rec.EventSeq) + ":" + itoa(uint64(rec.Session.GetMessageCount())) + ":" + turnID(rec),
+		Header: map[string]string{expectedRevision: itoa(rec.Revision)},
+	}
+	if released != "" {
+		m.Header[releasedHeader] = released
+	}
+	err = r.pub.PublishDurable(ctx, m)
+	if errors.Is(err, streaming.ErrRejected) {
+		// Published directly and refused: merge now, as a replay would.
+		err = r.mergeRecord(ctx, &m)
+	}
 	if err != nil {
 		return unavailable(ctx, err)
 	}

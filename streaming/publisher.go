@@ -131,7 +131,19 @@ type PublisherOptions struct {
 	Registerer prometheus.Registerer
 	// Tracer provides the tracer for nats.publish spans (nil: no tracing).
 	Tracer trace.TracerProvider
+	// Resolve, when set, settles a spooled message JetStream refuses at
+	// replay (a wrong expected last sequence: its place was taken while it
+	// waited in the spool), after the write-once duplicate check. It returns
+	// nil when the message's effect is stored (written another way, or no
+	// longer needed), an error wrapping ErrUnsettled to retry it later from
+	// the spool, or any other error to keep it in rejected.seg. It runs on
+	// the replay goroutine, in spool order (later records may already be
+	// on the wire), with a context bounded by ResolveTimeout.
+	Resolve func(ctx context.Context, m *Message, refused error) error
 }
+
+// ResolveTimeout bounds one call of PublisherOptions.Resolve.
+const ResolveTimeout = 10 * time.Second
 
 func (o PublisherOptions) withDefaults() PublisherOptions {
 	if o.MaxInFlight <= 0 {
@@ -175,6 +187,10 @@ var (
 	// example a wrong expected last sequence, or a message over the stream's
 	// size limit). The message is kept in the spool's rejected.seg.
 	ErrRejected = errors.New("nats publisher: rejected by JetStream")
+	// ErrUnsettled is wrapped by a PublisherOptions.Resolve error that a
+	// later attempt may fix (JetStream unreachable): the message stays in
+	// the spool.
+	ErrUnsettled = errors.New("nats publisher: refusal not settled yet")
 )
 
 // Publisher is kgentsd's single, ordered, durable way to write to JetStream

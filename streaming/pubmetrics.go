@@ -19,6 +19,7 @@ type pubMetrics struct {
 	bytes      prometheus.Gauge
 	replayed   prometheus.Counter
 	duplicates prometheus.Counter
+	resolved   prometheus.Counter
 	dropped    *prometheus.CounterVec
 	spoolErrs  prometheus.Counter
 
@@ -78,6 +79,12 @@ func newPubMetrics(r prometheus.Registerer) (*pubMetrics, error) {
 	if m.duplicates, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "kgents_nats_publish_duplicates_total",
 		Help: "Publishes JetStream acknowledged as duplicates of an already stored msg id.",
+	})); err != nil {
+		return nil, err
+	}
+	if m.resolved, err = telemetry.Register(r, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "kgents_nats_spool_resolved_total",
+		Help: "Spooled messages refused by JetStream at replay (their place taken meanwhile) and settled another way: a transcript message moved to the end, a session record merged.",
 	})); err != nil {
 		return nil, err
 	}

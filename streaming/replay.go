@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"os"
 	"sync/atomic"
@@ -177,10 +178,8 @@ func (p *Publisher) replayPass() bool {
 		}
 		p.replay.inflight.Add(-1)
 		out := p.classify(err, e.connEpoch)
-		if out == outRejected && p.storedAlready(&e.rec.msg, err) {
-			// A write-once message whose first publish was stored though
-			// its ack was lost: this copy is a duplicate, not a rejection.
-			out, ack = outOK, &jetstream.PubAck{Duplicate: true}
+		if out == outRejected {
+			out, ack, err = p.settleRefused(&e.rec.msg, err)
 		}
 		p.report(e.done, out, ack, e.rec.msg.Subject, err)
 		if failed {
@@ -322,24 +321,63 @@ func (p *Publisher) skipCorrupt(idx uint64, off int64, err error) {
 	p.replay.reader.seek(spoolPos{idx: idx + 1, off: segHeaderLen})
 }
 
+// settleRefused decides what a message JetStream refused at replay comes
+// to: a duplicate of one already stored, settled by the Resolve hook,
+// retried later (the check could not be made), or rejected for good.
+func (p *Publisher) settleRefused(m *Message, refused error) (outcome, *jetstream.PubAck, error) {
+	stored, err := p.storedAlready(m, refused)
+	switch {
+	case err != nil:
+		// Whether the message is a duplicate cannot be told now (the
+		// stream is electing a leader, say): retry it, never drop it.
+		// Like a lost connection, this says nothing of the publish path,
+		// so the breaker does not count it.
+		return outDisconnected, nil, fmt.Errorf("%w: %w", ErrUnsettled, err)
+	case stored:
+		// A write-once message whose first publish was stored though its
+		// ack was lost: this copy is a duplicate, not a rejection.
+		return outOK, &jetstream.PubAck{Duplicate: true}, nil
+	case p.o.Resolve == nil:
+		return outRejected, nil, refused
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), ResolveTimeout)
+	defer cancel()
+	switch err := p.o.Resolve(ctx, m, refused); {
+	case err == nil:
+		p.met.resolved.Inc()
+		p.log.Info("nats publisher: a refused spooled message was settled", "subject_type", subjectType(m.Subject), "msg_id", m.MsgID, "refused", refused)
+		return outOK, nil, nil
+	case errors.Is(err, ErrUnsettled):
+		return outDisconnected, nil, err
+	default:
+		return outRejected, nil, fmt.Errorf("%w (not settled: %w)", refused, err)
+	}
+}
+
 // storedAlready reports whether a write-once message (expected last
 // subject sequence 0) refused with "wrong last sequence" is refused because
 // the same message — the same Nats-Msg-Id — is already on its subject.
 // JetStream checks the expected sequence before its duplicate window, so a
 // spooled copy of a message whose ack was lost in an outage is refused
-// rather than deduplicated.
-func (p *Publisher) storedAlready(m *Message, err error) bool {
+// rather than deduplicated. An error means the check could not be made.
+func (p *Publisher) storedAlready(m *Message, err error) (bool, error) {
 	var apiErr *jetstream.APIError
 	if m.Header["Nats-Expected-Last-Subject-Sequence"] != "0" || !errors.As(err, &apiErr) ||
 		(apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		return false
+		return false, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), DirectReadTimeout)
 	defer cancel()
-	stream, serr := p.js.StreamNameBySubject(ctx, m.Subject)
-	if serr != nil {
-		return false
+	stream, err := p.js.StreamNameBySubject(ctx, m.Subject)
+	if err != nil {
+		return false, err
 	}
-	stored, gerr := Last(ctx, p.js, stream, m.Subject)
-	return gerr == nil && stored.Header.Get(jetstream.MsgIDHeader) == m.MsgID
+	stored, err := Last(ctx, p.js, stream, m.Subject)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return stored.Header.Get(jetstream.MsgIDHeader) == m.MsgID, nil
 }

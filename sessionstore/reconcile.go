@@ -1,0 +1,194 @@
+package sessionstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kgents/kgents-go/apijson"
+	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
+	"github.com/kgents/kgents-go/streaming"
+)
+
+// Spooled writes are replayed late, after other replicas may have moved a
+// session on: a replica cut off from NATS finishes its turn from its cache,
+// the turn's lease lapses before the spool is replayed, and another replica
+// closes the turn and runs the next one. Two things then refuse a plain
+// replay, and this file settles both instead of losing an acknowledged
+// write (SPEC §4.9: an acknowledged message is never lost).
+//
+//   - A spooled record put is a compare-and-set against the revision its
+//     replica last read (expectedRevision). Refused, it is merged into the
+//     current record (mergeSpooled): counters never go back, a lease is
+//     dropped only by the turn that held it.
+//   - A spooled transcript message whose number was taken by another turn
+//     is moved to the end of the transcript (relocate): its number is
+//     reserved by compare-and-set on the record, then it is written there,
+//     once, under its own message id.
+
+// releasedHeader names, on a spooled record put, the turn whose lease that
+// write gave up (the merge drops the lease only if it is still that turn's).
+const releasedHeader = "Kgents-Released-Turn"
+
+// expectedRevision makes a spooled record put a compare-and-set.
+const expectedRevision = "Nats-Expected-Last-Subject-Sequence"
+
+// Resolver returns the publisher's Resolve hook for the session store's
+// subjects (streaming.PublisherOptions.Resolve). log receives a warning for
+// every moved transcript message.
+func (s *JetStream) Resolver(log *slog.Logger) func(ctx context.Context, m *streaming.Message, refused error) error {
+	if log == nil {
+		log = slog.Default()
+	}
+	return func(ctx context.Context, m *streaming.Message, refused error) error {
+		if !isWrongLastSequence(refused) {
+			return refused
+		}
+		switch {
+		case strings.HasPrefix(m.Subject, kvSubject(SessionsBucket, "")):
+			return s.mergeRecord(ctx, m)
+		case strings.HasPrefix(m.Subject, transcriptRoot+"."):
+			return s.relocate(ctx, m, log)
+		}
+		return refused
+	}
+}
+
+// unsettled marks a resolution that may succeed later.
+func unsettled(err error) error {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", streaming.ErrUnsettled, err)
+	}
+	return err
+}
+
+// mergeRecord applies a refused spooled record put as a merge.
+func (s *JetStream) mergeRecord(ctx context.Context, m *streaming.Message) error {
+	spooled, err := decodeRecord(m.Data, 0)
+	if err != nil {
+		return err
+	}
+	released := m.Header[releasedHeader]
+	_, err = s.Update(ctx, spooled.Session.GetTenantId(), spooled.Session.GetId(), func(cur *Record) error {
+		mergeSpooled(cur, spooled, released)
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return nil // removed meanwhile: nothing to merge into
+	}
+	return unsettled(err)
+}
+
+// mergeSpooled merges a spooled record into the current one. Every field a
+// turn moves only forward takes the larger value, so replaying an older
+// write (its own replica's, or one that raced a takeover) never undoes a
+// newer one. TokensUsed takes the larger too: when two replicas added
+// tokens to one session during a split, the smaller addition is not
+// counted there (billing counts them from the usage events, not from here).
+func mergeSpooled(cur, sp *Record, released string) {
+	c, o := cur.Session, sp.Session
+	c.MessageCount = max(c.GetMessageCount(), o.GetMessageCount())
+	c.TokensUsed = max(c.GetTokensUsed(), o.GetTokensUsed())
+	if o.GetLastMessageAt().AsTime().After(c.GetLastMessageAt().AsTime()) {
+		// The later turn's end set both.
+		c.LastMessageAt, c.Mode = o.GetLastMessageAt(), o.GetMode()
+	}
+	if o.GetStatus() == sessionsv1.SessionStatus_SESSION_STATUS_CLOSED {
+		c.Status = o.GetStatus()
+	}
+	cur.EventSeq = max(cur.EventSeq, sp.EventSeq)
+	switch {
+	case cur.Turn != nil && sp.Turn != nil && cur.Turn.ID == sp.Turn.ID:
+		// A renewal or reservation of the turn in flight.
+		if sp.Turn.Expires.After(cur.Turn.Expires) {
+			cur.Turn.Expires = sp.Turn.Expires
+		}
+		cur.Turn.EventCeiling = max(cur.Turn.EventCeiling, sp.Turn.EventCeiling)
+	case cur.Turn == nil && sp.Turn != nil && c.GetMessageCount() <= sp.Turn.FirstMessage && cur.EventSeq < sp.Turn.EventCeiling:
+		// A turn begun while cut off and not finished as far as anyone
+		// stored (a finished turn moved the count or the event ids past
+		// its start): it is in flight, and its lease says until when.
+		t := *sp.Turn
+		cur.Turn = &t
+	case cur.Turn != nil && sp.Turn == nil && cur.Turn.ID == released:
+		cur.Turn = nil
+	}
+}
+
+// relocate writes a transcript message whose number another message took
+// at the end of the transcript.
+func (s *JetStream) relocate(ctx context.Context, m *streaming.Message, log *slog.Logger) error {
+	tenantID, sessionID, from, ok := parseTranscriptSubject(m.Subject)
+	if !ok {
+		return fmt.Errorf("not a transcript subject: %q", m.Subject)
+	}
+	var msg sessionsv1.Message
+	if err := apijson.Unmarshal(m.Data, &msg); err != nil {
+		return fmt.Errorf("spooled message is corrupt: %w", err)
+	}
+	// A few attempts: a place reserved here is never taken by anyone else,
+	// so only a concurrent relocation of the same message can collide.
+	for range 3 {
+		var n int
+		_, err := s.Update(ctx, tenantID, sessionID, func(r *Record) error {
+			n = int(r.Session.GetMessageCount())
+			if r.Turn != nil {
+				// The turn in flight owns its two places.
+				n = max(n, int(r.Turn.FirstMessage)+2)
+			}
+			r.Session.MessageCount = int32(n + 1)
+			return nil
+		})
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return unsettled(err)
+		}
+		out := nats.NewMsg(TranscriptSubject(tenantID, sessionID, n))
+		out.Data = m.Data
+		out.Header.Set(jetstream.MsgIDHeader, m.MsgID)
+		out.Header.Set(writeOnce, "0")
+		ack, err := s.js.PublishMsg(ctx, out)
+		if isWrongLastSequence(err) {
+			continue
+		}
+		if err != nil {
+			// The place stays empty (a gap the transcript skips); the retry
+			// reserves another, and the message id keeps it stored once.
+			return unsettled(unavailable(ctx, err))
+		}
+		log.Warn("a transcript message spooled during an outage lost its place to another turn; stored at the end of the transcript",
+			"session_id", sessionID, "message_id", msg.GetId(), "from", from, "to", n, "duplicate", ack.Duplicate)
+		return nil
+	}
+	return fmt.Errorf("%w: no free place in the transcript", ErrConflict)
+}
+
+// parseTranscriptSubject splits a TranscriptSubject.
+func parseTranscriptSubject(subject string) (tenantID, sessionID string, n int, ok bool) {
+	rest, ok := strings.CutPrefix(subject, transcriptRoot+".")
+	if !ok {
+		return "", "", 0, false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i < 0 {
+		return "", "", 0, false
+	}
+	n, err := strconv.Atoi(rest[i+1:])
+	if err != nil {
+		return "", "", 0, false
+	}
+	rest = rest[:i]
+	j := strings.LastIndexByte(rest, '.')
+	if j <= 0 {
+		return "", "", 0, false
+	}
+	return rest[:j], rest[j+1:], n, true
+}
