@@ -296,6 +296,9 @@ func (g guardedJetStream) CreateOrUpdateStream(ctx context.Context, cfg jetstrea
 	if err := g.refuseChange(); err != nil {
 		return nil, err
 	}
+	if s, ok := g.existingStream(ctx, cfg); ok {
+		return s, nil // as asked already: no update (ensure.go)
+	}
 	return g.JetStream.CreateOrUpdateStream(ctx, cfg)
 }
 
@@ -316,6 +319,9 @@ func (g guardedJetStream) UpdateKeyValue(ctx context.Context, cfg jetstream.KeyV
 func (g guardedJetStream) CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if err := g.refuseChange(); err != nil {
 		return nil, err
+	}
+	if kv, ok := g.existingKeyValue(ctx, cfg); ok {
+		return kv, nil // as asked already: no update (ensure.go)
 	}
 	return g.JetStream.CreateOrUpdateKeyValue(ctx, cfg)
 }
