@@ -105,6 +105,30 @@ func (m *Memory) AppendMessage(_ context.Context, tenantID string, n int, msg *s
 	return nil
 }
 
+// AppendAtEnd stores msg at a number reserved past every other.
+func (m *Memory) AppendAtEnd(_ context.Context, tenantID string, msg *sessionsv1.Message) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := key(tenantID, msg.GetSessionId())
+	r, ok := m.records[k]
+	if !ok {
+		return 0, ErrNotFound
+	}
+	n := int(r.Session.GetMessageCount())
+	if r.Turn != nil {
+		n = max(n, int(r.Turn.FirstMessage)+2)
+	}
+	next := r.Clone()
+	next.Session.MessageCount = int32(n + 1)
+	next.Revision = r.Revision + 1
+	m.records[k] = next
+	if m.messages[k] == nil {
+		m.messages[k] = map[int]*sessionsv1.Message{}
+	}
+	m.messages[k][n] = proto.Clone(msg).(*sessionsv1.Message)
+	return n, nil
+}
+
 // Messages returns messages numbered from..to-1, oldest first.
 func (m *Memory) Messages(_ context.Context, tenantID, sessionID string, from, to int) ([]*sessionsv1.Message, error) {
 	from, to, err := checkRange(from, to)

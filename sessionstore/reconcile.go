@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,7 @@ func (s *JetStream) Resolver(log *slog.Logger) func(ctx context.Context, m *stre
 	if log == nil {
 		log = slog.Default()
 	}
+	rl := &relocator{s: s, log: log, reserved: map[string]int{}}
 	return func(ctx context.Context, m *streaming.Message, refused error) error {
 		if !isWrongLastSequence(refused) {
 			return refused
@@ -54,18 +56,27 @@ func (s *JetStream) Resolver(log *slog.Logger) func(ctx context.Context, m *stre
 		case strings.HasPrefix(m.Subject, kvSubject(SessionsBucket, "")):
 			return s.mergeRecord(ctx, m)
 		case strings.HasPrefix(m.Subject, transcriptRoot+"."):
-			return s.relocate(ctx, m, log)
+			return rl.relocate(ctx, m)
 		}
 		return refused
 	}
 }
 
-// unsettled marks a resolution that may succeed later.
+// unsettled marks a resolution that may succeed later: storage out of
+// reach, a deadline, or a compare-and-set that kept losing (other
+// replicas' replays settling at the same moment).
 func unsettled(err error) error {
-	if errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, ErrUnavailable) || errors.Is(err, ErrConflict) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w: %w", streaming.ErrUnsettled, err)
 	}
 	return err
+}
+
+// isRefusal reports a JetStream error that retrying cannot fix (a 4xx API
+// error: a limit, a bad header), as opposed to storage out of reach.
+func isRefusal(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code >= 400 && apiErr.Code < 500
 }
 
 // mergeRecord applies a refused spooled record put as a merge.
@@ -121,9 +132,30 @@ func mergeSpooled(cur, sp *Record, released string) {
 	}
 }
 
+// relocator moves transcript messages whose number was taken. Each move
+// is idempotent: a message already moved (an earlier attempt whose outcome
+// was lost, a replay after a crash) is found by its id before a new place is
+// reserved, and a place reserved by a failed attempt is tried again first,
+// so retries neither store a message twice nor leave a gap per attempt.
+type relocator struct {
+	s   *JetStream
+	log *slog.Logger
+
+	mu sync.Mutex
+	// reserved holds the place reserved for a message (by id) whose write
+	// did not complete; bounded by maxReserved (cleared when full: a
+	// forgotten reservation costs one empty place, nothing else).
+	reserved map[string]int
+}
+
+const maxReserved = 4096
+
 // relocate writes a transcript message whose number another message took
 // at the end of the transcript.
-func (s *JetStream) relocate(ctx context.Context, m *streaming.Message, log *slog.Logger) error {
+func (rl *relocator) relocate(ctx context.Context, m *streaming.Message) error {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	s := rl.s
 	tenantID, sessionID, from, ok := parseTranscriptSubject(m.Subject)
 	if !ok {
 		return fmt.Errorf("not a transcript subject: %q", m.Subject)
@@ -132,43 +164,122 @@ func (s *JetStream) relocate(ctx context.Context, m *streaming.Message, log *slo
 	if err := apijson.Unmarshal(m.Data, &msg); err != nil {
 		return fmt.Errorf("spooled message is corrupt: %w", err)
 	}
-	// A few attempts: a place reserved here is never taken by anyone else,
-	// so only a concurrent relocation of the same message can collide.
+	rec, err := s.Get(ctx, tenantID, sessionID)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return unsettled(err)
+	}
+	if at, found, err := s.findMessage(ctx, tenantID, sessionID, m.MsgID, from+1, int(rec.Session.GetMessageCount())); err != nil {
+		return unsettled(err)
+	} else if found {
+		delete(rl.reserved, m.MsgID)
+		rl.log.Info("a transcript message spooled during an outage was moved already", "session_id", sessionID, "message_id", m.MsgID, "at", at)
+		return nil
+	}
 	for range 3 {
-		var n int
-		_, err := s.Update(ctx, tenantID, sessionID, func(r *Record) error {
-			n = int(r.Session.GetMessageCount())
-			if r.Turn != nil {
-				// The turn in flight owns its two places.
-				n = max(n, int(r.Turn.FirstMessage)+2)
+		n, ok := rl.reserved[m.MsgID]
+		if !ok {
+			if n, err = s.reserveAtEnd(ctx, tenantID, sessionID); errors.Is(err, ErrNotFound) {
+				return nil
+			} else if err != nil {
+				return unsettled(err)
 			}
-			r.Session.MessageCount = int32(n + 1)
-			return nil
-		})
-		if errors.Is(err, ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return unsettled(err)
+			if len(rl.reserved) >= maxReserved {
+				clear(rl.reserved)
+			}
+			rl.reserved[m.MsgID] = n
 		}
 		out := nats.NewMsg(TranscriptSubject(tenantID, sessionID, n))
 		out.Data = m.Data
 		out.Header.Set(jetstream.MsgIDHeader, m.MsgID)
 		out.Header.Set(writeOnce, "0")
 		ack, err := s.js.PublishMsg(ctx, out)
-		if isWrongLastSequence(err) {
+		switch {
+		case isWrongLastSequence(err):
+			// Taken after all (another replica's spooled message, written
+			// at its original number): reserve another.
+			delete(rl.reserved, m.MsgID)
 			continue
-		}
-		if err != nil {
-			// The place stays empty (a gap the transcript skips); the retry
-			// reserves another, and the message id keeps it stored once.
+		case isRefusal(err):
+			delete(rl.reserved, m.MsgID)
+			return err
+		case err != nil:
+			// The reservation is kept: the next attempt tries it first.
 			return unsettled(unavailable(ctx, err))
 		}
-		log.Warn("a transcript message spooled during an outage lost its place to another turn; stored at the end of the transcript",
+		delete(rl.reserved, m.MsgID)
+		rl.log.Warn("a transcript message spooled during an outage lost its place to another turn; stored at the end of the transcript",
 			"session_id", sessionID, "message_id", msg.GetId(), "from", from, "to", n, "duplicate", ack.Duplicate)
 		return nil
 	}
-	return fmt.Errorf("%w: no free place in the transcript", ErrConflict)
+	return unsettled(fmt.Errorf("%w: every place reserved for a moved message was taken", ErrConflict))
+}
+
+// AppendAtEnd stores m at a number reserved past every other (Store).
+func (s *JetStream) AppendAtEnd(ctx context.Context, tenantID string, m *sessionsv1.Message) (int, error) {
+	if _, _, err := s.resources(ctx); err != nil {
+		return 0, err
+	}
+	b, err := apijson.Marshal(m)
+	if err != nil {
+		return 0, err
+	}
+	for range 3 {
+		n, err := s.reserveAtEnd(ctx, tenantID, m.GetSessionId())
+		if err != nil {
+			return 0, err
+		}
+		out := nats.NewMsg(TranscriptSubject(tenantID, m.GetSessionId(), n))
+		out.Data = b
+		out.Header.Set(jetstream.MsgIDHeader, m.GetId())
+		out.Header.Set(writeOnce, "0")
+		_, err = s.js.PublishMsg(ctx, out)
+		if isWrongLastSequence(err) {
+			continue // taken by a message replayed at its original number
+		}
+		if err != nil {
+			return 0, unavailable(ctx, err)
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("%w: every place reserved at the end of the transcript was taken", ErrConflict)
+}
+
+// reserveAtEnd reserves the next transcript number by compare-and-set on
+// the session record: past the count and past the two places a turn in
+// flight owns.
+func (s *JetStream) reserveAtEnd(ctx context.Context, tenantID, sessionID string) (int, error) {
+	var n int
+	_, err := s.Update(ctx, tenantID, sessionID, func(r *Record) error {
+		n = int(r.Session.GetMessageCount())
+		if r.Turn != nil {
+			n = max(n, int(r.Turn.FirstMessage)+2)
+		}
+		r.Session.MessageCount = int32(n + 1)
+		return nil
+	})
+	return n, err
+}
+
+// findMessage looks for message id in the transcript's numbers from..to-1,
+// the last MaxMessagesRead of them (a moved message is near the end).
+func (s *JetStream) findMessage(ctx context.Context, tenantID, sessionID, id string, from, to int) (int, bool, error) {
+	from = max(from, to-MaxMessagesRead)
+	if from >= to {
+		return 0, false, nil
+	}
+	msgs, err := s.Messages(ctx, tenantID, sessionID, from, to)
+	if err != nil {
+		return 0, false, err
+	}
+	for i, m := range msgs {
+		if m.GetId() == id {
+			return from + i, true, nil // a position hint: gaps shift it
+		}
+	}
+	return 0, false, nil
 }
 
 // parseTranscriptSubject splits a TranscriptSubject.

@@ -2,14 +2,18 @@ package sessionstore_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/kgents/kgents-go/apijson"
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 	"github.com/kgents/kgents-go/sessionstore"
 	"github.com/kgents/kgents-go/streaming"
@@ -190,5 +194,128 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A record write from the cache that JetStream answers after all and
+// refuses (the record moved on: another replica took the lease) is applied
+// again to the stored record, by compare-and-set: the caller's fn sees the
+// lease taken, nothing is counted as lost, and the caller is never told it
+// holds a lease it does not.
+func TestRefusedDirectRecordWriteRunsAgainOnTheStoredRecord(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	storeB := sessionstore.NewJetStream(js, 1)
+	if err := storeB.EnsureResources(ctx); err != nil {
+		t.Fatal(err)
+	}
+	connA, err := streaming.Connect(ctx, streaming.Options{Enabled: true, Servers: []string{srv.URL()}, Name: "replica-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { connA.Close(context.Background()) })
+	var armed atomic.Bool
+	var calls atomic.Int32
+	// The KV looks unreachable for the first two checks of one Update (the
+	// failed compare-and-set and the outage test), then reachable again.
+	connected := func() bool {
+		if armed.Load() && calls.Add(1) <= 2 {
+			return false
+		}
+		return true
+	}
+	innerA := sessionstore.NewJetStream(connA.JetStream(), 1).FailFast(connected)
+	pubA, err := streaming.NewPublisher(connA, streaming.PublisherOptions{SpoolDir: t.TempDir(), Resolve: innerA.Resolver(slog.Default())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pubA.Close(context.Background()) })
+	storeA := sessionstore.NewResilient(innerA, pubA, 16).WithElectionWait(0)
+
+	tenant := uuid.NewString()
+	sess := newSession(tenant, time.Now())
+	if _, err := storeB.Create(ctx, sess); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storeA.Get(ctx, tenant, sess.GetId()); err != nil {
+		t.Fatal(err)
+	}
+	take := func(id string) func(r *sessionstore.Record) error {
+		return func(r *sessionstore.Record) error {
+			if r.Turn != nil {
+				return errors.New("turn in flight")
+			}
+			r.Turn = &sessionstore.Turn{ID: id, Expires: time.Now().Add(time.Minute), FirstMessage: r.Session.GetMessageCount(), EventCeiling: r.EventSeq + 8}
+			return nil
+		}
+	}
+	if _, err := storeB.Update(ctx, tenant, sess.GetId(), take("b")); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	_, err = storeA.Update(ctx, tenant, sess.GetId(), take("a"))
+	if err == nil || !strings.Contains(err.Error(), "turn in flight") {
+		t.Errorf("A's lease update = %v, want fn's refusal (the lease is b's)", err)
+	}
+	if stored, _ := storeB.Get(ctx, tenant, sess.GetId()); stored.Turn == nil || stored.Turn.ID != "b" {
+		t.Errorf("stored lease %+v, want b's", stored.Turn)
+	}
+	if d := pubA.Health().Dropped; d != 0 {
+		t.Errorf("a merged write counted as dropped (%d): KgentsNATSWritesLost fires", d)
+	}
+}
+
+// Settling the same refused message twice (a replay after a crash before
+// the head checkpoint) stores it once, even past the duplicate window.
+func TestRelocationIsIdempotent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	store := sessionstore.NewJetStream(js, 1)
+	if err := store.EnsureResources(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, sessionstore.TranscriptsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.Duplicates = time.Second // stands in for the 10 minutes passing
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	tenant := uuid.NewString()
+	sess := newSession(tenant, time.Now())
+	if _, err := store.Create(ctx, sess); err != nil {
+		t.Fatal(err)
+	}
+	runTurn(ctx, t, store, tenant, sess.GetId(), "b", 5) // takes places 0, 1
+	msg := &sessionsv1.Message{Id: uuid.NewString(), SessionId: sess.GetId(), Role: sessionsv1.Role_ROLE_USER, Content: "a user", CreatedAt: timestamppb.Now()}
+	b, _ := apijson.Marshal(msg)
+	m := &streaming.Message{Subject: sessionstore.TranscriptSubject(tenant, sess.GetId(), 0), Data: b, MsgID: msg.GetId(),
+		Header: map[string]string{"Nats-Expected-Last-Subject-Sequence": "0"}}
+	refused := &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence"}
+	resolve := store.Resolver(slog.Default())
+	for i := range 2 {
+		if err := resolve(ctx, m, refused); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			time.Sleep(1500 * time.Millisecond) // the duplicate window passes
+		}
+	}
+	rec, _ := store.Get(ctx, tenant, sess.GetId())
+	msgs, _ := store.Messages(ctx, tenant, sess.GetId(), 0, int(rec.Session.GetMessageCount()))
+	n := 0
+	for _, x := range msgs {
+		if x.GetId() == msg.GetId() {
+			n++
+		}
+	}
+	if n != 1 || rec.Session.GetMessageCount() != 3 {
+		t.Errorf("message stored %d times, message_count %d; want once, 3", n, rec.Session.GetMessageCount())
 	}
 }

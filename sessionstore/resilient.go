@@ -3,6 +3,7 @@ package sessionstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -88,7 +89,11 @@ func (r *Resilient) Create(ctx context.Context, s *sessionsv1.Session) (*Record,
 		return nil, err
 	}
 	rec = &Record{Session: s, Unindexed: true}
-	if err := r.spoolRecord(ctx, rec, ""); err != nil {
+	if err := r.spoolRecord(ctx, rec, ""); errors.Is(err, errStaleCache) {
+		// The key is taken: the failed create was stored after all, its
+		// answer lost. Unknown state: the caller may retry (a new id).
+		return nil, unavailable(ctx, err)
+	} else if err != nil {
 		return nil, err
 	}
 	r.cache.put(rec)
@@ -144,7 +149,7 @@ func (r *Resilient) Update(ctx context.Context, tenantID, sessionID string, fn f
 		}
 		backoff = min(2*backoff, 500*time.Millisecond)
 	}
-	return r.cache.update(tenantID, sessionID, func(rec *Record) error {
+	rec, err := r.cache.update(tenantID, sessionID, func(rec *Record) error {
 		held := ""
 		if rec.Turn != nil {
 			held = rec.Turn.ID
@@ -158,6 +163,16 @@ func (r *Resilient) Update(ctx context.Context, tenantID, sessionID string, fn f
 		}
 		return r.spoolRecord(ctx, rec, released)
 	})
+	if errors.Is(err, errStaleCache) {
+		// JetStream answered after all, and the record has moved on since
+		// this replica cached it: apply fn to the current record, by
+		// compare-and-set, so fn decides on what is stored (a lease taken
+		// meanwhile by another replica is seen as taken).
+		if rec, err = r.JetStream.Update(ctx, tenantID, sessionID, fn); err == nil {
+			r.cache.put(rec)
+		}
+	}
+	return rec, err
 }
 
 // AppendMessage stores message n durably: JetStream's acknowledgement, or
@@ -208,14 +223,20 @@ func (r *Resilient) spoolRecord(ctx context.Context, rec *Record, released strin
 	}
 	err = r.pub.PublishDurable(ctx, m)
 	if errors.Is(err, streaming.ErrRejected) {
-		// Published directly and refused: merge now, as a replay would.
-		err = r.mergeRecord(ctx, &m)
+		// Published directly (JetStream answered) and refused: the cached
+		// record is stale. Refused from the spool's replay instead, the
+		// write would be merged (Resolver).
+		return errStaleCache
 	}
 	if err != nil {
 		return unavailable(ctx, err)
 	}
 	return nil
 }
+
+// errStaleCache: a record write from the cache was refused by JetStream
+// because the stored record has moved on.
+var errStaleCache = fmt.Errorf("%w: the cached session record is stale", ErrConflict)
 
 // turnID names the record's turn state, lease renewals included.
 func turnID(r *Record) string {

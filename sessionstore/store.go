@@ -95,6 +95,11 @@ type Store interface {
 	// transcript. Storing the same message again is a no-op; a different
 	// message under a number already taken is ErrConflict.
 	AppendMessage(ctx context.Context, tenantID string, n int, m *sessionsv1.Message) error
+	// AppendAtEnd stores m after every message of its session, at a number
+	// reserved on the record by compare-and-set (past message_count and
+	// past the two places of a turn in flight), and returns that number:
+	// for a reply whose own place a message replayed late has taken.
+	AppendAtEnd(ctx context.Context, tenantID string, m *sessionsv1.Message) (int, error)
 	// Messages returns the stored messages numbered from..to-1, oldest
 	// first (numbers with no message are left out).
 	Messages(ctx context.Context, tenantID, sessionID string, from, to int) ([]*sessionsv1.Message, error)

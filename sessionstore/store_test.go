@@ -235,3 +235,49 @@ func contents(m []*sessionsv1.Message) []string {
 	}
 	return out
 }
+
+// AppendAtEnd stores a message past every number in use, including the two
+// places of a turn in flight, and counts it.
+func TestStoreAppendAtEnd(t *testing.T) {
+	t.Parallel()
+	for name, mk := range implementations(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			s := mk(t)
+			tenant := uuid.NewString()
+			sess := newSession(tenant, time.Now())
+			if _, err := s.Create(ctx, sess); err != nil {
+				t.Fatal(err)
+			}
+			msg := func(c string) *sessionsv1.Message {
+				return &sessionsv1.Message{Id: uuid.NewString(), SessionId: sess.GetId(), Role: sessionsv1.Role_ROLE_ASSISTANT, Content: c}
+			}
+			if err := s.AppendMessage(ctx, tenant, 0, msg("first")); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Update(ctx, tenant, sess.GetId(), func(r *sessionstore.Record) error {
+				r.Session.MessageCount = 1
+				r.Turn = &sessionstore.Turn{ID: "in-flight", FirstMessage: 1, Expires: time.Now().Add(time.Minute)}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			n, err := s.AppendAtEnd(ctx, tenant, msg("moved"))
+			if err != nil || n != 3 {
+				t.Fatalf("AppendAtEnd = %d, %v; want 3 (after the turn in flight's places 1 and 2)", n, err)
+			}
+			rec, err := s.Get(ctx, tenant, sess.GetId())
+			if err != nil || rec.Session.GetMessageCount() != 4 {
+				t.Fatalf("message_count %d (%v), want 4", rec.Session.GetMessageCount(), err)
+			}
+			got, err := s.Messages(ctx, tenant, sess.GetId(), 0, 4)
+			if err != nil || len(got) != 2 || got[1].GetContent() != "moved" {
+				t.Fatalf("transcript %v (%v)", contents(got), err)
+			}
+			if _, err := s.AppendAtEnd(ctx, tenant, &sessionsv1.Message{Id: uuid.NewString(), SessionId: uuid.NewString()}); !errors.Is(err, sessionstore.ErrNotFound) {
+				t.Errorf("AppendAtEnd to a missing session: %v, want ErrNotFound", err)
+			}
+		})
+	}
+}

@@ -185,7 +185,10 @@ var (
 	ErrInvalidMessage  = errors.New("nats publisher: invalid message")
 	// ErrRejected wraps a JetStream error that retrying cannot fix (for
 	// example a wrong expected last sequence, or a message over the stream's
-	// size limit). The message is kept in the spool's rejected.seg.
+	// size limit). A PublishDurable caller that receives it owns the
+	// message; a refused message nobody is waiting for (Publish, or a
+	// replayed one the Resolve hook cannot settle) is kept in the spool's
+	// rejected.seg and counted as dropped.
 	ErrRejected = errors.New("nats publisher: rejected by JetStream")
 	// ErrUnsettled is wrapped by a PublisherOptions.Resolve error that a
 	// later attempt may fix (JetStream unreachable): the message stays in

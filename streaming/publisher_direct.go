@@ -212,7 +212,14 @@ func (p *Publisher) finishDirect(r *rec, ack *jetstream.PubAck, err error) {
 		if r.spooled {
 			p.sp.markAcked(r.spoolSeq)
 		}
-		p.keepRejected(&r.m, err)
+		if r.durable == nil || p.flush.settled(r) {
+			p.keepRejected(&r.m, err)
+		} else {
+			// A PublishDurable caller still waiting gets the refusal and
+			// owns it (the session store settles it): nothing is lost here.
+			p.log.Debug("nats publisher: a durable write was refused; returned to its caller",
+				"subject_type", subjectType(r.m.Subject), "msg_id", r.m.MsgID, "error", err)
+		}
 		p.flush.settle(r, fmt.Errorf("%w: %w", ErrRejected, err), "error")
 	default:
 		if !r.spooled && !r.spoolFailed {

@@ -822,8 +822,9 @@ func TestPublisherFlushAndDurableWhileConnected(t *testing.T) {
 }
 
 // A message JetStream refuses for good (a failed compare-and-set) is
-// returned as ErrRejected, kept in rejected.seg, not counted by the breaker,
-// and does not block the messages behind it.
+// returned to a durable caller as ErrRejected (the caller owns it: not kept,
+// not counted as dropped); one nobody waits for is kept in rejected.seg and
+// counted. Neither counts for the breaker nor blocks the messages behind it.
 func TestPublisherRejectedMessage(t *testing.T) {
 	srv := natstest.Start(t)
 	_, js := srv.Connect(t)
@@ -842,6 +843,15 @@ func TestPublisherRejectedMessage(t *testing.T) {
 	if h := p.Health(); h.Breaker.State != "closed" || h.Breaker.Failures != 0 {
 		t.Fatalf("a rejection counted for the breaker: %+v", h.Breaker)
 	}
+	if got := metricValue(p.met.dropped.WithLabelValues(dropRejected)); got != 0 {
+		t.Fatalf("dropped{rejected} = %v after refusals returned to their callers", got)
+	}
+	if _, err := os.Stat(filepath.Join(p.dir, rejectedFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("rejected.seg holds refusals returned to their callers: %v", err)
+	}
+	m := msg("kgent.session.cas.message", "fire-and-forget")
+	m.Header = map[string]string{jetstream.ExpectedLastSubjSeqHeader: "999"}
+	p.Publish(m)
 	if err := p.PublishDurable(context.Background(), msg("kgent.session.cas.message", "after")); err != nil {
 		t.Fatal(err)
 	}
@@ -851,8 +861,8 @@ func TestPublisherRejectedMessage(t *testing.T) {
 	if st, err := os.Stat(filepath.Join(p.dir, rejectedFile)); err != nil || st.Size() <= segHeaderLen {
 		t.Fatalf("rejected.seg: %v", err)
 	}
-	if got := metricValue(p.met.dropped.WithLabelValues(dropRejected)); got != 6 {
-		t.Fatalf("dropped{rejected} = %v", got)
+	if got := metricValue(p.met.dropped.WithLabelValues(dropRejected)); got != 1 {
+		t.Fatalf("dropped{rejected} = %v, want the fire-and-forget one", got)
 	}
 }
 

@@ -178,7 +178,13 @@ func (p *Publisher) replayPass() bool {
 		}
 		p.replay.inflight.Add(-1)
 		out := p.classify(err, e.connEpoch)
-		if out == outRejected {
+		switch {
+		case out == outRejected && failed:
+			// Read again from the head after the failure before it: it is
+			// settled then, once (a second settlement could move a
+			// transcript message twice).
+			out = outDisconnected
+		case out == outRejected:
 			out, ack, err = p.settleRefused(&e.rec.msg, err)
 		}
 		p.report(e.done, out, ack, e.rec.msg.Subject, err)

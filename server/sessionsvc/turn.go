@@ -394,7 +394,18 @@ func (s *Service) storeReply(t *turn, assistant *sessionsv1.Message, reply soul.
 	final, _ := strconv.ParseUint(finalID, 10, 64)
 	added := int32(1)
 	if assistant != nil {
-		if err := s.o.Store.AppendMessage(ctx, t.tenantID, t.firstMessage+1, assistant); err != nil {
+		err := s.o.Store.AppendMessage(ctx, t.tenantID, t.firstMessage+1, assistant)
+		if errors.Is(err, sessionstore.ErrConflict) && s.leaseHeld(ctx, t) {
+			// The reply's place was taken while this turn held the lease:
+			// a message another replica spooled during an outage, replayed
+			// at its original number. The reply goes to the end instead.
+			var n int
+			if n, err = s.o.Store.AppendAtEnd(ctx, t.tenantID, assistant); err == nil {
+				s.o.Logger.WarnContext(ctx, "a reply's place was taken by a message replayed late; stored at the end of the transcript",
+					"session_id", t.sessionID, "place", t.firstMessage+1, "stored_at", n)
+			}
+		}
+		if err != nil {
 			stopRenewing()
 			s.release(t, final)
 			return err
@@ -436,37 +447,47 @@ func (s *Service) storeReply(t *turn, assistant *sessionsv1.Message, reply soul.
 	return nil
 }
 
-// confirmReplyWait bounds confirmReply's wait for the reply's place to be
-// filled (by the reply, or by whatever took its place).
+// leaseHeld reports whether the stored record says t still holds its lease.
+func (s *Service) leaseHeld(ctx context.Context, t *turn) bool {
+	rec, err := s.o.Store.Get(ctx, t.tenantID, t.sessionID)
+	return err == nil && rec.Turn != nil && rec.Turn.ID == t.turnID
+}
+
+// confirmReplyWait bounds confirmReply's wait for the reply to be stored
+// (at its place, or moved to the end when another message took it).
 const confirmReplyWait = 10 * time.Second
 
 // errReplyDisplaced: a taken-over turn's reply lost its place in the
 // transcript to the next turn.
 var errReplyDisplaced = fmt.Errorf("%w: the turn was taken over and its reply's place in the transcript was taken", sessionstore.ErrUnavailable)
 
-// confirmReply waits until the reply's place in the transcript holds a
-// message: nil if it is the reply, an error if another message took it or
-// nothing came in time.
+// confirmReply waits until the reply is in the transcript: nil once it
+// is (at its place or, its place taken, moved to the end by the replay of
+// the spool that holds it), an error if it is not within confirmReplyWait.
 func (s *Service) confirmReply(ctx context.Context, t *turn, assistant *sessionsv1.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, confirmReplyWait)
 	defer cancel()
 	n := t.firstMessage + 1
 	wait := 50 * time.Millisecond
 	for {
-		msgs, err := s.o.Store.Messages(ctx, t.tenantID, t.sessionID, n, n+1)
-		if err == nil && len(msgs) > 0 {
-			if msgs[0].GetId() == assistant.GetId() {
+		// At its place, or moved to the end by the spool's replay because
+		// its place was taken (sessionstore.Resolver): either way stored.
+		to := n + 1
+		rec, err := s.o.Store.Get(ctx, t.tenantID, t.sessionID)
+		if err == nil {
+			to = max(to, min(int(rec.Session.GetMessageCount()), n+sessionstore.MaxMessagesRead))
+		}
+		msgs, err := s.o.Store.Messages(ctx, t.tenantID, t.sessionID, n, to)
+		for _, m := range msgs {
+			if m.GetId() == assistant.GetId() {
 				return nil
 			}
-			s.o.Logger.WarnContext(ctx, "a taken-over turn's reply lost its place to the next turn; the caller is told it was not stored",
-				"session_id", t.sessionID, "message", n)
-			return errReplyDisplaced
 		}
 		tm := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			tm.Stop()
-			s.o.Logger.WarnContext(ctx, "a taken-over turn's reply could not be confirmed stored; the caller is told it was not",
+			s.o.Logger.WarnContext(ctx, "a taken-over turn's reply could not be confirmed stored (its place taken, and not moved yet); the caller is told it was not",
 				"session_id", t.sessionID, "message", n, "error", err)
 			return errReplyDisplaced
 		case <-tm.C:

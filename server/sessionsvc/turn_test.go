@@ -144,3 +144,62 @@ func TestTakenOverTurnDoesNotAcknowledgeADisplacedReply(t *testing.T) {
 		t.Errorf("transcript %v: want the first user message, then the second turn", got)
 	}
 }
+
+// replayingStore is the shared store as a live turn sees it while another
+// replica's spool is replayed: just before the turn's reply is written, a
+// message spooled during an outage lands at the reply's place.
+type replayingStore struct {
+	*sessionstore.Memory
+	once sync.Once
+}
+
+func (s *replayingStore) AppendMessage(ctx context.Context, tenantID string, n int, m *sessionsv1.Message) error {
+	if m.GetRole() == sessionsv1.Role_ROLE_ASSISTANT {
+		s.once.Do(func() {
+			late := &sessionsv1.Message{Id: "late", SessionId: m.GetSessionId(), Role: sessionsv1.Role_ROLE_ASSISTANT, Content: "replayed late"}
+			_ = s.Memory.AppendMessage(ctx, tenantID, n, late)
+		})
+	}
+	return s.Memory.AppendMessage(ctx, tenantID, n, m)
+}
+
+// A turn that still holds its lease when its reply's place turns out taken
+// stores the reply at the end of the transcript and answers it: both
+// messages are kept, and the next turn starts after them.
+func TestReplyWhosePlaceWasTakenGoesToTheEnd(t *testing.T) {
+	t.Parallel()
+	store := &replayingStore{Memory: sessionstore.NewMemory()}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	svc := New(Options{Store: store, Engine: soul.NewTemplateEngine(), Replica: "a", TurnLease: time.Minute,
+		TurnTimeout: time.Minute, Logger: log})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ctx = tenancy.WithIdentity(ctx, &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
+	created, err := svc.CreateSession(ctx, &sessionsv1.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetSession().GetId()
+	first, err := svc.SendMessage(ctx, &sessionsv1.SendMessageRequest{SessionId: id, Message: "first"})
+	if err != nil {
+		t.Fatalf("the turn whose reply place was taken: %v", err)
+	}
+	if _, err := svc.SendMessage(ctx, &sessionsv1.SendMessageRequest{SessionId: id, Message: "second"}); err != nil {
+		t.Fatalf("the next turn: %v", err)
+	}
+	msgs, err := store.Messages(ctx, "t1", id, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.GetContent())
+	}
+	if len(msgs) != 5 || msgs[1].GetId() != "late" || msgs[2].GetId() != first.GetMessage().GetId() || msgs[3].GetContent() != "second" {
+		t.Errorf("transcript %q: want first, the late message, the first reply, then the second turn", got)
+	}
+	sess, err := svc.GetSession(ctx, &sessionsv1.GetSessionRequest{SessionId: id})
+	if err != nil || sess.GetSession().GetMessageCount() != 5 {
+		t.Errorf("message_count %d (%v), want 5", sess.GetSession().GetMessageCount(), err)
+	}
+}
