@@ -358,6 +358,16 @@ func (s *JetStream) Update(ctx context.Context, tenantID, sessionID string, fn f
 // the publish fails if the subject already has one.
 const writeOnce = "Nats-Expected-Last-Subject-Sequence"
 
+// writeOnceAt publishes a transcript message to subject, written once,
+// under its message id.
+func (s *JetStream) writeOnceAt(ctx context.Context, subject string, data []byte, id string) (*jetstream.PubAck, error) {
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(jetstream.MsgIDHeader, id)
+	msg.Header.Set(writeOnce, "0")
+	return s.js.PublishMsg(ctx, msg)
+}
+
 // AppendMessage publishes message n to its own subject, write-once, and
 // waits for JetStream's acknowledgement: once it returns, the message is
 // stored. The message id is the Nats-Msg-Id, so a retry inside the
@@ -372,11 +382,7 @@ func (s *JetStream) AppendMessage(ctx context.Context, tenantID string, n int, m
 		return err
 	}
 	subject := TranscriptSubject(tenantID, m.GetSessionId(), n)
-	msg := nats.NewMsg(subject)
-	msg.Data = b
-	msg.Header.Set(jetstream.MsgIDHeader, m.GetId())
-	msg.Header.Set(writeOnce, "0")
-	_, err = s.js.PublishMsg(ctx, msg)
+	_, err = s.writeOnceAt(ctx, subject, b, m.GetId())
 	if isWrongLastSequence(err) {
 		return s.sameMessage(ctx, subject, m.GetId())
 	}

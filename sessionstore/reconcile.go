@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kgents/kgents-go/apijson"
@@ -191,11 +190,7 @@ func (rl *relocator) relocate(ctx context.Context, m *streaming.Message) error {
 			}
 			rl.reserved[m.MsgID] = n
 		}
-		out := nats.NewMsg(TranscriptSubject(tenantID, sessionID, n))
-		out.Data = m.Data
-		out.Header.Set(jetstream.MsgIDHeader, m.MsgID)
-		out.Header.Set(writeOnce, "0")
-		ack, err := s.js.PublishMsg(ctx, out)
+		ack, err := s.writeOnceAt(ctx, TranscriptSubject(tenantID, sessionID, n), m.Data, m.MsgID)
 		switch {
 		case isWrongLastSequence(err):
 			// Taken after all (another replica's spooled message, written
@@ -231,11 +226,7 @@ func (s *JetStream) AppendAtEnd(ctx context.Context, tenantID string, m *session
 		if err != nil {
 			return 0, err
 		}
-		out := nats.NewMsg(TranscriptSubject(tenantID, m.GetSessionId(), n))
-		out.Data = b
-		out.Header.Set(jetstream.MsgIDHeader, m.GetId())
-		out.Header.Set(writeOnce, "0")
-		_, err = s.js.PublishMsg(ctx, out)
+		_, err = s.writeOnceAt(ctx, TranscriptSubject(tenantID, m.GetSessionId(), n), b, m.GetId())
 		if isWrongLastSequence(err) {
 			continue // taken by a message replayed at its original number
 		}

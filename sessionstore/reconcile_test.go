@@ -54,20 +54,7 @@ func TestSpooledTurnSettlesAfterOtherReplicasTurns(t *testing.T) {
 			}
 
 			// Replica A: through the proxy, with its spool and the resolver.
-			connA, err := streaming.Connect(ctx, streaming.Options{Enabled: true, Servers: []string{proxy.URL()}, Name: "replica-a"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { connA.Close(context.Background()) })
-			innerA := sessionstore.NewJetStream(connA.JetStream(), 1).FailFast(connA.Connected)
-			pubA, err := streaming.NewPublisher(connA, streaming.PublisherOptions{
-				SpoolDir: t.TempDir(), Resolve: innerA.Resolver(slog.Default()),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = pubA.Close(context.Background()) })
-			storeA := sessionstore.NewResilient(innerA, pubA, 16).WithElectionWait(0)
+			connA, pubA, storeA := startReplica(ctx, t, proxy.URL(), nil)
 
 			tenant := uuid.NewString()
 			sess := newSession(tenant, time.Now())
@@ -143,6 +130,28 @@ func TestSpooledTurnSettlesAfterOtherReplicasTurns(t *testing.T) {
 	}
 }
 
+// startReplica connects a replica to url with its own spool and the
+// session store's resolver, as kgentsd wires them; connected, when set,
+// stands in for the connection's state as the store sees it.
+func startReplica(ctx context.Context, t *testing.T, url string, connected func() bool) (*streaming.Conn, *streaming.Publisher, *sessionstore.Resilient) {
+	t.Helper()
+	conn, err := streaming.Connect(ctx, streaming.Options{Enabled: true, Servers: []string{url}, Name: "replica-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if connected == nil {
+		connected = conn.Connected
+	}
+	inner := sessionstore.NewJetStream(conn.JetStream(), 1).FailFast(connected)
+	pub, err := streaming.NewPublisher(conn, streaming.PublisherOptions{SpoolDir: t.TempDir(), Resolve: inner.Resolver(slog.Default())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pub.Close(context.Background()) })
+	return conn, pub, sessionstore.NewResilient(inner, pub, 16).WithElectionWait(0)
+}
+
 // runTurn runs one turn the way sessionsvc does: take the lease, store the
 // user message and the reply, then count them and give the lease back. It
 // returns the stored messages' ids.
@@ -211,11 +220,6 @@ func TestRefusedDirectRecordWriteRunsAgainOnTheStoredRecord(t *testing.T) {
 	if err := storeB.EnsureResources(ctx); err != nil {
 		t.Fatal(err)
 	}
-	connA, err := streaming.Connect(ctx, streaming.Options{Enabled: true, Servers: []string{srv.URL()}, Name: "replica-a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { connA.Close(context.Background()) })
 	var armed atomic.Bool
 	var calls atomic.Int32
 	// The KV looks unreachable for the first two checks of one Update (the
@@ -226,13 +230,7 @@ func TestRefusedDirectRecordWriteRunsAgainOnTheStoredRecord(t *testing.T) {
 		}
 		return true
 	}
-	innerA := sessionstore.NewJetStream(connA.JetStream(), 1).FailFast(connected)
-	pubA, err := streaming.NewPublisher(connA, streaming.PublisherOptions{SpoolDir: t.TempDir(), Resolve: innerA.Resolver(slog.Default())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pubA.Close(context.Background()) })
-	storeA := sessionstore.NewResilient(innerA, pubA, 16).WithElectionWait(0)
+	_, pubA, storeA := startReplica(ctx, t, srv.URL(), connected)
 
 	tenant := uuid.NewString()
 	sess := newSession(tenant, time.Now())
@@ -255,7 +253,7 @@ func TestRefusedDirectRecordWriteRunsAgainOnTheStoredRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	armed.Store(true)
-	_, err = storeA.Update(ctx, tenant, sess.GetId(), take("a"))
+	_, err := storeA.Update(ctx, tenant, sess.GetId(), take("a"))
 	if err == nil || !strings.Contains(err.Error(), "turn in flight") {
 		t.Errorf("A's lease update = %v, want fn's refusal (the lease is b's)", err)
 	}
