@@ -31,16 +31,19 @@ func TestDeliveryWithinSecondsAfterOutageRestartAndKill(t *testing.T) {
 	nc, js := h.ns.Connect(t)
 	cfgA := cfg
 	cfgA.Registerer = prometheus.NewRegistry()
-	// Backoffs long enough that at the kill it is almost surely waiting,
-	// holding nothing, rather than posting its next batch (a batch it held
-	// would wait for the ack wait, 10 s), and short enough that what it
-	// handed back is soon redelivered.
+	// Backoffs of up to 3 s: short enough that what it handed back is soon
+	// redelivered. The kill waits for a hand-back whose backoff (full
+	// jitter, so anywhere in 0–3 s) is at least killMargin: then the victim
+	// is waiting, holding nothing, rather than already holding its next
+	// batch (which would wait for the ack wait, 10 s; CI caught a kill 4 ms
+	// into a backoff of 3.9 ms).
 	cfgA.BackoffBase, cfgA.BackoffMax = 3*time.Second, 3*time.Second
+	const killMargin = time.Second
 	// One worker: right after it hands a batch back it holds nothing for
-	// 3 s (two workers would interleave, one of them possibly mid-batch
-	// when the other's hand-back is seen).
+	// its backoff (two workers would interleave, one of them possibly
+	// mid-batch when the other's hand-back is seen).
 	cfgA.Concurrency = 1
-	handedBack := &lineCounter{word: "handed back for a retry"}
+	handedBack := &handBackLog{}
 	cfgA.Logger = slog.New(slog.NewTextHandler(handedBack, nil))
 	victim, err := NewProcessor(js, cfgA)
 	if err != nil {
@@ -58,10 +61,11 @@ func TestDeliveryWithinSecondsAfterOutageRestartAndKill(t *testing.T) {
 	restarted := time.Now()
 	eventually(t, 10*time.Second, "the victim back on NATS", nc.IsConnected)
 	// Wait until the victim failed again after the restart and handed its
-	// batch back (it is then waiting out its backoff).
+	// batch back with a backoff it is sure to be still waiting out.
 	before := handedBack.count()
-	eventually(t, 10*time.Second, "the victim retrying after the restart", func() bool {
-		return handedBack.count() > before
+	eventually(t, 30*time.Second, "the victim handing back after the restart for at least "+killMargin.String(), func() bool {
+		n, wait := handedBack.last()
+		return n > before && wait >= killMargin
 	})
 	// kill -9: the connection goes first, so nothing is handed back.
 	nc.Close()
@@ -87,24 +91,39 @@ func TestDeliveryWithinSecondsAfterOutageRestartAndKill(t *testing.T) {
 	h.checkClean()
 }
 
-// lineCounter counts the log writes that contain word.
-type lineCounter struct {
-	word string
+// handBackLog reads the processor's log: how many batches it handed back
+// for a retry, and the backoff of the last one.
+type handBackLog struct {
 	mu   sync.Mutex
 	n    int
+	wait time.Duration
 }
 
-func (c *lineCounter) Write(p []byte) (int, error) {
-	if strings.Contains(string(p), c.word) {
-		c.mu.Lock()
-		c.n++
-		c.mu.Unlock()
+func (l *handBackLog) Write(p []byte) (int, error) {
+	line := string(p)
+	if !strings.Contains(line, "handed back for a retry") {
+		return len(p), nil
 	}
+	var wait time.Duration
+	if _, after, ok := strings.Cut(line, " retry_in="); ok {
+		field, _, _ := strings.Cut(after, " ")
+		wait, _ = time.ParseDuration(strings.TrimSpace(field))
+	}
+	l.mu.Lock()
+	l.n++
+	l.wait = wait
+	l.mu.Unlock()
 	return len(p), nil
 }
 
-func (c *lineCounter) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
+func (l *handBackLog) count() int {
+	n, _ := l.last()
+	return n
+}
+
+// last is the number of hand-backs so far and the last one's backoff.
+func (l *handBackLog) last() (int, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n, l.wait
 }
