@@ -536,7 +536,8 @@ func (p *Processor) handBack(msgs []jetstream.Msg, delay time.Duration) {
 	}
 	p.backMu.Lock()
 	defer p.backMu.Unlock()
-	keep := p.handedBack[:0]
+	// A new slice: renak reads the one it stored after letting go of the lock.
+	keep := make([]heldBack, 0, len(p.handedBack)+len(msgs))
 	for _, h := range p.handedBack {
 		if h.due.Add(p.cfg.AckWait).After(now) {
 			keep = append(keep, h)
