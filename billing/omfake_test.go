@@ -26,10 +26,11 @@ type fakeOpenMeter struct {
 	addr       string
 	script     []fakeAction
 	always     *fakeAction
-	accepted   map[string]int // id → times accepted
-	order      []string       // ids in first-acceptance order
-	raw        int            // events accepted, duplicates included
-	requests   []time.Time    // arrival of every request
+	accepted   map[string]int       // id → times accepted
+	order      []string             // ids in first-acceptance order
+	firstAt    map[string]time.Time // id → when first accepted
+	raw        int                  // events accepted, duplicates included
+	requests   []time.Time          // arrival of every request
 	maxBatch   int
 	violations []string
 	// light skips the per-event checks (for the benchmark, where the
@@ -51,7 +52,7 @@ type fakeAction struct {
 const poisonSubject = "poison"
 
 func newFakeOpenMeter(t testing.TB, key string) *fakeOpenMeter {
-	f := &fakeOpenMeter{t: t, key: key, accepted: map[string]int{}}
+	f := &fakeOpenMeter{t: t, key: key, accepted: map[string]int{}, firstAt: map[string]time.Time{}}
 	f.srv = httptest.NewServer(f)
 	f.addr = f.srv.Listener.Addr().String()
 	t.Cleanup(f.close)
@@ -239,6 +240,7 @@ func (f *fakeOpenMeter) accept(events []fakeEvent) {
 	for _, ev := range events {
 		if f.accepted[ev.ID] == 0 {
 			f.order = append(f.order, ev.ID)
+			f.firstAt[ev.ID] = time.Now()
 		}
 		f.accepted[ev.ID]++
 		f.raw++
@@ -280,6 +282,23 @@ func (f *fakeOpenMeter) times(id string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.accepted[id]
+}
+
+// acceptedAfter counts the ids first accepted after t, and gives the last
+// first acceptance of them all.
+func (f *fakeOpenMeter) acceptedAfter(ids []string, t time.Time) (n int, last time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, id := range ids {
+		at := f.firstAt[id]
+		if at.After(t) {
+			n++
+		}
+		if at.After(last) {
+			last = at
+		}
+	}
+	return n, last
 }
 
 // missing lists the ids the stand-in never accepted.

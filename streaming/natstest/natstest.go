@@ -97,6 +97,13 @@ func (s *Server) Restart() {
 	s.start()
 }
 
+// Resume starts a stopped server again with the same port and data.
+func (s *Server) Resume() {
+	if !s.Running() {
+		s.start()
+	}
+}
+
 // Running reports whether the server is up.
 func (s *Server) Running() bool {
 	s.mu.Lock()
