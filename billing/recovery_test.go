@@ -187,7 +187,9 @@ func TestHandedBackAgainAfterNATSRestart(t *testing.T) {
 	go func() { done <- p.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
 	})
 
 	eventually(t, 10*time.Second, "the first post", func() bool { return h.om.stats().requests > 0 })
