@@ -569,7 +569,8 @@ func (r *Rollup) decideEvent(ctx context.Context, ov *overlay, m *jetstream.RawS
 	bySeq map[uint64]*jetstream.RawStreamMsg, add func(usageEvent, uint64, Counts, int64)) error {
 	{
 		key, at := keyOf(ev.ID), m.Time.UnixNano()
-		e, known := ov.get(key, at)
+		was := ov.find(key)
+		e, known := was.within(at, r.ids.window)
 		if !dead {
 			// A store counts unless an earlier one of its id, not
 			// refunded, is within the window; the same store read again
@@ -577,7 +578,7 @@ func (r *Rollup) decideEvent(ctx context.Context, ov *overlay, m *jetstream.RawS
 			if known && !e.refunded && e.seq != m.Sequence {
 				return nil
 			}
-			ov.put(key, idEntry{seq: m.Sequence, at: at})
+			ov.replace(key, idEntry{seq: m.Sequence, at: at}, was)
 			if content {
 				add(ev, m.Sequence, countsOf(ev), 1)
 			}
@@ -602,7 +603,7 @@ func (r *Rollup) decideEvent(ctx context.Context, ov *overlay, m *jetstream.RawS
 		if known {
 			seq = e.seq
 		}
-		ov.put(key, idEntry{seq: seq, at: at, refunded: true})
+		ov.replace(key, idEntry{seq: seq, at: at, refunded: true}, was)
 		if content {
 			add(counted, m.Sequence, countsOf(counted).negated(), -1)
 		}

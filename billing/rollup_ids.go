@@ -57,6 +57,8 @@ type idIndex struct {
 	// none); while one is open, every change is journaled so it can be
 	// undone, and the fifo is not compacted.
 	open *overlay
+	// spare is the last closed overlay's journal, emptied, for the next.
+	spare []undoEntry
 }
 
 func newIDIndex(window time.Duration, max int) *idIndex {
@@ -68,27 +70,41 @@ func (x *idIndex) len() int { return len(x.m) }
 
 // get returns k's entry if it was set within the window before now.
 func (x *idIndex) get(k idKey, now int64) (idEntry, bool) {
-	e, ok := x.m[k]
-	if !ok || e.at < now-x.window {
+	found := x.find(k)
+	return found.within(now, x.window)
+}
+
+// stored is a key's map entry as found, whatever its age: what a put that
+// replaces it journals.
+type stored struct {
+	e   idEntry
+	had bool
+}
+
+func (x *idIndex) find(k idKey) stored {
+	e, had := x.m[k]
+	return stored{e: e, had: had}
+}
+
+// within is the entry if it was set within window before now.
+func (s stored) within(now, window int64) (idEntry, bool) {
+	if !s.had || s.e.at < now-window {
 		return idEntry{}, false
 	}
-	return e, true
+	return s.e, true
 }
 
-func (x *idIndex) put(k idKey, e idEntry) {
-	x.set(k, e)
-	x.fifo = append(x.fifo, fifoEntry{k: k, at: e.at})
-	x.evict(e.at)
-}
+func (x *idIndex) put(k idKey, e idEntry) { x.replace(k, e, x.find(k)) }
 
-// set stores e as k's entry, journaling what it replaces while an overlay
-// is open.
-func (x *idIndex) set(k idKey, e idEntry) {
+// replace is put when k's entry was just found (the map is large, and each
+// lookup a likely cache miss: a new id costs two, not four).
+func (x *idIndex) replace(k idKey, e idEntry, was stored) {
 	if o := x.open; o != nil {
-		prev, had := x.m[k]
-		o.undo = append(o.undo, undoEntry{k: k, prev: prev, had: had})
+		o.undo = append(o.undo, undoEntry{k: k, prev: was.e, had: was.had})
 	}
 	x.m[k] = e
+	x.fifo = append(x.fifo, fifoEntry{k: k, at: e.at})
+	x.evict(e.at)
 }
 
 // del forgets k, journaled like set.
@@ -107,6 +123,12 @@ func (x *idIndex) evict(now int64) {
 	cutoff := now - x.window
 	for x.head < len(x.fifo) {
 		f := x.fifo[x.head]
+		if f.at >= cutoff && len(x.m) <= x.max {
+			// Its entry was set then or later: within the window, and
+			// there is room. (A listing set again since is skipped once
+			// it ages out.)
+			break
+		}
 		e, ok := x.m[f.k]
 		switch {
 		case !ok || e.at != f.at:
@@ -166,7 +188,8 @@ func (x *idIndex) overlay() *overlay {
 		// rollback, so only a panic gets here): its decisions are undone.
 		x.open.rollback()
 	}
-	o := &overlay{x: x, fifoLen: len(x.fifo), head: x.head}
+	o := &overlay{x: x, undo: x.spare[:0], fifoLen: len(x.fifo), head: x.head}
+	x.spare = nil
 	x.open = o
 	return o
 }
@@ -175,12 +198,22 @@ func (o *overlay) get(k idKey, now int64) (idEntry, bool) { return o.x.get(k, no
 
 func (o *overlay) put(k idKey, e idEntry) { o.x.put(k, e) }
 
+func (o *overlay) find(k idKey) stored { return o.x.find(k) }
+
+func (o *overlay) replace(k idKey, e idEntry, was stored) { o.x.replace(k, e, was) }
+
+// close ends the overlay, keeping its journal's memory for the next.
+func (o *overlay) close() {
+	o.closed, o.x.open = true, nil
+	o.x.spare, o.undo = o.undo[:0], nil
+}
+
 // commit keeps the decisions.
 func (o *overlay) commit() {
 	if o.closed {
 		return
 	}
-	o.closed, o.x.open = true, nil
+	o.close()
 	o.x.early.Add(o.early)
 	o.x.compact()
 }
@@ -191,7 +224,6 @@ func (o *overlay) rollback() {
 	if o.closed {
 		return
 	}
-	o.closed, o.x.open = true, nil
 	for i := len(o.undo) - 1; i >= 0; i-- {
 		u := o.undo[i]
 		if u.had {
@@ -201,6 +233,7 @@ func (o *overlay) rollback() {
 		}
 	}
 	o.x.fifo, o.x.head = o.x.fifo[:o.fifoLen], o.head
+	o.close()
 }
 
 // rollupMetrics are the rollup's Prometheus metrics.
