@@ -243,7 +243,11 @@ type Rollup struct {
 	ids    *idIndex
 	reader usageReader
 	evs    []usageEvent // the events of the message being decided (reused)
-	keys   bucketKeys
+	// spare is the last range's change lists, emptied, for the next: the
+	// same buckets come up range after range, and growing their lists from
+	// nothing each time was a tenth of the rollup's CPU.
+	spare map[string][]change
+	keys  bucketKeys
 	// next is the first stream sequence the index has not taken in; 0
 	// until the window is loaded.
 	next uint64
@@ -369,6 +373,7 @@ func (r *Rollup) step(ctx context.Context, kv jetstream.KeyValue) (bool, error) 
 	ov := r.ids.overlay()
 	defer ov.rollback() // unless committed below: the range is decided again
 	changes, err := r.decide(ctx, ov, msgs, true)
+	defer r.recycle(changes)
 	if err != nil {
 		return false, err
 	}
@@ -457,11 +462,30 @@ func (r *Rollup) catchUp(ctx context.Context, through uint64) error {
 func (r *Rollup) takeIn(ctx context.Context, msgs []*jetstream.RawStreamMsg) error {
 	ov := r.ids.overlay()
 	defer ov.rollback() // unless committed: a no-op then
-	if _, err := r.decide(ctx, ov, msgs, false); err != nil {
+	changes, err := r.decide(ctx, ov, msgs, false)
+	r.recycle(changes)
+	if err != nil {
 		return err
 	}
 	ov.commit()
 	return nil
+}
+
+// recycle keeps changes (decided, and applied or given up on) as the next
+// range's spare lists. A bucket without a change in this range is dropped:
+// its hour, day or month has moved on.
+func (r *Rollup) recycle(changes map[string][]change) {
+	if changes == nil {
+		return
+	}
+	for k, cs := range changes {
+		if len(cs) == 0 {
+			delete(changes, k)
+			continue
+		}
+		changes[k] = cs[:0]
+	}
+	r.spare = changes
 }
 
 // usageEvent is the part of a CloudEvent the rollup reads.
@@ -511,7 +535,11 @@ type change struct {
 // order. Without content only the index is updated (ranges applied
 // already).
 func (r *Rollup) decide(ctx context.Context, ov *overlay, msgs []*jetstream.RawStreamMsg, content bool) (map[string][]change, error) {
-	out := map[string][]change{}
+	out := r.spare
+	if out == nil {
+		out = map[string][]change{}
+	}
+	r.spare = nil
 	add := func(ev usageEvent, seq uint64, c Counts, n int64) {
 		for _, kind := range bucketKinds {
 			k := r.keys.key(ev.Subject, kind, ev.Time)
@@ -546,7 +574,7 @@ func (r *Rollup) decide(ctx context.Context, ov *overlay, msgs []*jetstream.RawS
 				continue
 			}
 			if err := r.decideEvent(ctx, ov, m, ev, dead, content, bySeq, add); err != nil {
-				return nil, err
+				return out, err
 			}
 		}
 	}

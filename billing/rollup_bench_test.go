@@ -143,6 +143,7 @@ func BenchmarkRollupDecide(b *testing.B) {
 		if err != nil || len(changes) == 0 {
 			b.Fatal(err, len(changes))
 		}
+		r.recycle(changes) // as step does once the range is applied
 		ov.commit()
 	}
 }
