@@ -107,7 +107,7 @@ func (x *idIndex) replace(k idKey, e idEntry, was stored) {
 	x.evict(e.at)
 }
 
-// del forgets k, journaled like set.
+// del forgets k, journaled like replace.
 func (x *idIndex) del(k idKey) {
 	if o := x.open; o != nil {
 		if prev, had := x.m[k]; had {
