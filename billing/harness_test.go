@@ -70,6 +70,12 @@ type running struct {
 func (h *harness) start(cfg ProcessorConfig) *running {
 	h.t.Helper()
 	_, js := h.ns.Connect(h.t)
+	return h.startOn(js, cfg)
+}
+
+// startOn runs a processor on js.
+func (h *harness) startOn(js jetstream.JetStream, cfg ProcessorConfig) *running {
+	h.t.Helper()
 	p, err := NewProcessor(js, cfg)
 	if err != nil {
 		h.t.Fatal(err)

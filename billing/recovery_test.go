@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -53,16 +51,10 @@ func TestDeliveryWithinSecondsAfterOutageRestartAndKill(t *testing.T) {
 	cfgA.Concurrency = 1
 	handedBack := &handBackLog{}
 	cfgA.Logger = slog.New(slog.NewTextHandler(handedBack, nil))
-	victim, err := NewProcessor(js, cfgA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- victim.Run(ctx) }()
+	victim := h.startOn(js, cfgA)
 	survivor := h.start(cfg)
 	eventually(t, 10*time.Second, "both sinks failing", func() bool {
-		return victim.Health().Status == "unhealthy" && survivor.p.Health().Status == "unhealthy"
+		return victim.p.Health().Status == "unhealthy" && survivor.p.Health().Status == "unhealthy"
 	})
 
 	h.ns.Restart()
@@ -82,10 +74,7 @@ func TestDeliveryWithinSecondsAfterOutageRestartAndKill(t *testing.T) {
 	})
 	// kill -9: the connection goes first, so nothing is handed back.
 	nc.Close()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	victim.stop()
 
 	h.om.up()
 	recovered := time.Now()
@@ -179,28 +168,8 @@ func TestHandedBackAgainAfterNATSRestart(t *testing.T) {
 	// No reconnect buffer: a nak sent while disconnected is lost for sure
 	// (with a buffer it is sent on reconnect, and lost if JetStream has not
 	// restored the consumer yet).
-	nc, err := nats.Connect(h.ns.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewProcessor(js, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	_, js := h.ns.Connect(t, nats.ReconnectWait(50*time.Millisecond), nats.ReconnectBufSize(-1))
+	h.startOn(js, cfg)
 
 	eventually(t, 10*time.Second, "the first post", func() bool { return h.om.stats().requests > 0 })
 	h.ns.Stop()

@@ -112,10 +112,11 @@ func (s *Server) Running() bool {
 }
 
 // Connect opens a client connection (closed when the test ends) that
-// reconnects forever, as kgentsd's does.
-func (s *Server) Connect(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+// reconnects forever, as kgentsd's does; opts come after those defaults.
+func (s *Server) Connect(t testing.TB, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(s.URL(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
+	opts = append([]nats.Option{nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond), nats.RetryOnFailedConnect(true)}, opts...)
+	nc, err := nats.Connect(s.URL(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
