@@ -356,7 +356,7 @@ func (s *JetStream) Update(ctx context.Context, tenantID, sessionID string, fn f
 
 // writeOnce is the header that makes a transcript subject take one message:
 // the publish fails if the subject already has one.
-const writeOnce = "Nats-Expected-Last-Subject-Sequence"
+const writeOnce = jetstream.ExpectedLastSubjSeqHeader
 
 // writeOnceAt publishes a transcript message to subject, written once,
 // under its message id.

@@ -114,10 +114,7 @@ func (m *Memory) AppendAtEnd(_ context.Context, tenantID string, msg *sessionsv1
 	if !ok {
 		return 0, ErrNotFound
 	}
-	n := int(r.Session.GetMessageCount())
-	if r.Turn != nil {
-		n = max(n, int(r.Turn.FirstMessage)+2)
-	}
+	n := endPlace(r)
 	next := r.Clone()
 	next.Session.MessageCount = int32(n + 1)
 	next.Revision = r.Revision + 1

@@ -36,8 +36,9 @@ import (
 // write gave up (the merge drops the lease only if it is still that turn's).
 const releasedHeader = "Kgents-Released-Turn"
 
-// expectedRevision makes a spooled record put a compare-and-set.
-const expectedRevision = "Nats-Expected-Last-Subject-Sequence"
+// expectedRevision makes a spooled record put a compare-and-set (the
+// header that makes a transcript subject write-once, with a revision).
+const expectedRevision = jetstream.ExpectedLastSubjSeqHeader
 
 // Resolver returns the publisher's Resolve hook for the session store's
 // subjects (streaming.PublisherOptions.Resolve). log receives a warning for
@@ -244,14 +245,22 @@ func (s *JetStream) AppendAtEnd(ctx context.Context, tenantID string, m *session
 func (s *JetStream) reserveAtEnd(ctx context.Context, tenantID, sessionID string) (int, error) {
 	var n int
 	_, err := s.Update(ctx, tenantID, sessionID, func(r *Record) error {
-		n = int(r.Session.GetMessageCount())
-		if r.Turn != nil {
-			n = max(n, int(r.Turn.FirstMessage)+2)
-		}
+		n = endPlace(r)
 		r.Session.MessageCount = int32(n + 1)
 		return nil
 	})
 	return n, err
+}
+
+// endPlace is the transcript number a message appended at the end of r's
+// session takes: past the count and past the two places a turn in flight
+// owns.
+func endPlace(r *Record) int {
+	n := int(r.Session.GetMessageCount())
+	if r.Turn != nil {
+		n = max(n, int(r.Turn.FirstMessage)+2)
+	}
+	return n
 }
 
 // findMessage looks for message id in the transcript's numbers from..to-1,

@@ -46,8 +46,13 @@ func TestEnsureUpdatesOnlyWhatDiffers(t *testing.T) {
 		if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "MARKER", Subjects: []string{"marker"}, MaxMsgs: int64(marker)}); err != nil {
 			t.Fatal(err)
 		}
-		if got := <-updates; got != "$JS.EVENT.ADVISORY.STREAM.UPDATED.MARKER" {
-			t.Errorf("%s: an update was sent (%s)", what, got)
+		select {
+		case got := <-updates:
+			if got != "$JS.EVENT.ADVISORY.STREAM.UPDATED.MARKER" {
+				t.Errorf("%s: an update was sent (%s)", what, got)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: not even the marker's update advisory came", what)
 		}
 	}
 	updated := func(what, stream string) {

@@ -368,7 +368,7 @@ func (p *Publisher) settleRefused(m *Message, refused error) (outcome, *jetstrea
 // rather than deduplicated. An error means the check could not be made.
 func (p *Publisher) storedAlready(m *Message, err error) (bool, error) {
 	var apiErr *jetstream.APIError
-	if m.Header["Nats-Expected-Last-Subject-Sequence"] != "0" || !errors.As(err, &apiErr) ||
+	if m.Header[jetstream.ExpectedLastSubjSeqHeader] != "0" || !errors.As(err, &apiErr) ||
 		(apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		return false, nil
 	}
