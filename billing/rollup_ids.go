@@ -49,7 +49,8 @@ type idIndex struct {
 	m      map[idKey]idEntry
 	// fifo lists entries in the order they were set; an entry set again
 	// is listed again, and its older listing is skipped when it comes up.
-	fifo []fifoEntry
+	// head is the position of the first listing not yet consumed.
+	fifo idFIFO
 	head int
 	// early counts entries dropped by the max before their window ended.
 	early prometheus.Counter
@@ -103,7 +104,7 @@ func (x *idIndex) replace(k idKey, e idEntry, was stored) {
 		o.undo = append(o.undo, undoEntry{k: k, prev: was.e, had: was.had})
 	}
 	x.m[k] = e
-	x.fifo = append(x.fifo, fifoEntry{k: k, at: e.at})
+	x.fifo.push(fifoEntry{k: k, at: e.at})
 	x.evict(e.at)
 }
 
@@ -121,8 +122,8 @@ func (x *idIndex) del(k idKey) {
 // oldest beyond max.
 func (x *idIndex) evict(now int64) {
 	cutoff := now - x.window
-	for x.head < len(x.fifo) {
-		f := x.fifo[x.head]
+	for x.head < x.fifo.end {
+		f := x.fifo.at(x.head)
 		if f.at >= cutoff && len(x.m) <= x.max {
 			// Its entry was set then or later: within the window, and
 			// there is room. (A listing set again since is skipped once
@@ -151,13 +152,11 @@ func (x *idIndex) evict(now int64) {
 	x.compact()
 }
 
-// compact drops the fifo's consumed front once it is most of the slice
-// (not while an overlay is open: its undo restores the fifo by position).
+// compact frees the fifo's consumed front (not while an overlay is open:
+// its rollback restores the fifo by position).
 func (x *idIndex) compact() {
-	if x.open == nil && x.head >= 1024 && x.head >= len(x.fifo)/2 {
-		n := copy(x.fifo, x.fifo[x.head:])
-		x.fifo = x.fifo[:n]
-		x.head = 0
+	if x.open == nil {
+		x.fifo.release(x.head)
 	}
 }
 
@@ -188,7 +187,7 @@ func (x *idIndex) overlay() *overlay {
 		// rollback, so only a panic gets here): its decisions are undone.
 		x.open.rollback()
 	}
-	o := &overlay{x: x, undo: x.spare[:0], fifoLen: len(x.fifo), head: x.head}
+	o := &overlay{x: x, undo: x.spare[:0], fifoLen: x.fifo.end, head: x.head}
 	x.spare = nil
 	x.open = o
 	return o
@@ -232,7 +231,8 @@ func (o *overlay) rollback() {
 			delete(o.x.m, u.k)
 		}
 	}
-	o.x.fifo, o.x.head = o.x.fifo[:o.fifoLen], o.head
+	o.x.fifo.truncate(o.fifoLen)
+	o.x.head = o.head
 	o.close()
 }
 

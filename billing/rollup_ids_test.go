@@ -77,8 +77,8 @@ func TestIDIndex(t *testing.T) {
 			if got := metric(t, reg, "kgents_usage_rollup_dedupe_evicted_early_total", nil); got != tc.early {
 				t.Errorf("dropped early %v, want %v", got, tc.early)
 			}
-			if len(x.fifo)-x.head < len(x.m) {
-				t.Errorf("the fifo lists %d entries for %d ids", len(x.fifo)-x.head, len(x.m))
+			if x.fifo.end-x.head < len(x.m) {
+				t.Errorf("the fifo lists %d entries for %d ids", x.fifo.end-x.head, len(x.m))
 			}
 		})
 	}
@@ -100,6 +100,40 @@ func TestIDIndex(t *testing.T) {
 		}
 	})
 
+	// The same across the fifo's chunks: a range that evicts whole chunks'
+	// worth of ids and lists new ones past a chunk's end, rolled back.
+	t.Run("rollback across chunks", func(t *testing.T) {
+		t.Parallel()
+		const window = 2 * fifoChunk
+		x := newIDIndex(time.Duration(window), 10*fifoChunk)
+		for i := range 3 * fifoChunk {
+			x.put(k(i), idEntry{seq: uint64(i), at: int64(i)})
+		}
+		wantM := maps.Clone(x.m)
+		wantFifo, wantHead := x.fifo.from(x.head), x.head
+		ov := x.overlay()
+		for i := 3 * fifoChunk; i < 5*fifoChunk+7; i++ {
+			ov.put(k(i), idEntry{seq: uint64(i), at: int64(i)})
+		}
+		if x.len() > window+1 {
+			t.Fatalf("%d ids held in an overlay, want the window's %d", x.len(), window+1)
+		}
+		ov.rollback()
+		if !maps.Equal(x.m, wantM) {
+			t.Errorf("entries after rollback: %d, want %d (or different ones)", len(x.m), len(wantM))
+		}
+		if got := x.fifo.from(x.head); !slices.Equal(got, wantFifo) || x.head != wantHead {
+			t.Errorf("fifo after rollback: %d entries at %d, want %d at %d", len(got), x.head, len(wantFifo), wantHead)
+		}
+		// Committed, the consumed chunks are freed.
+		ov = x.overlay()
+		ov.put(k(5*fifoChunk), idEntry{seq: 1, at: 5 * fifoChunk})
+		ov.commit()
+		if x.fifo.first < 2*fifoChunk || x.fifo.first > x.head {
+			t.Errorf("after commit the fifo starts at %d, head at %d: consumed chunks not freed", x.fifo.first, x.head)
+		}
+	})
+
 	// A rolled-back overlay leaves the index exactly as it was, evictions
 	// by age and by the maximum included, and the early count untouched.
 	t.Run("rollback", func(t *testing.T) {
@@ -111,7 +145,7 @@ func TestIDIndex(t *testing.T) {
 			x.put(k(i), idEntry{seq: uint64(i), at: int64(i) * sec})
 		}
 		wantM := maps.Clone(x.m)
-		wantFifo, wantHead := slices.Clone(x.fifo[x.head:]), x.head
+		wantFifo, wantHead := x.fifo.from(x.head), x.head
 
 		ov := x.overlay()
 		ov.put(k(1), idEntry{seq: 11, at: 4 * sec, refunded: true}) // changed
@@ -124,7 +158,7 @@ func TestIDIndex(t *testing.T) {
 		if !maps.Equal(x.m, wantM) {
 			t.Errorf("entries after rollback: %v, want %v", x.m, wantM)
 		}
-		if got := x.fifo[x.head:]; !slices.Equal(got, wantFifo) || x.head != wantHead {
+		if got := x.fifo.from(x.head); !slices.Equal(got, wantFifo) || x.head != wantHead {
 			t.Errorf("fifo after rollback: %v at %d, want %v at %d", got, x.head, wantFifo, wantHead)
 		}
 		if got := metric(t, reg, "kgents_usage_rollup_dedupe_evicted_early_total", nil); got != 0 {
@@ -177,4 +211,29 @@ func BenchmarkIDIndex(b *testing.B) {
 		x.put(k, idEntry{seq: uint64(n), at: int64(n)})
 	}
 	b.ReportMetric(perID, "bytes/id")
+}
+
+// BenchmarkIDIndexLongestPut reports the longest single put with the window
+// full at 4 million ids (USAGE_DEDUPE_MAX_IDS's default): the rollup's
+// goroutine cannot yield inside a put, so that is how long it can hold a
+// processor from the calls being served.
+func BenchmarkIDIndexLongestPut(b *testing.B) {
+	const held = DefaultDedupeMaxIDs
+	x := newIDIndex(time.Duration(held), held*2)
+	var k idKey
+	put := func(n int) {
+		k[0], k[1], k[2], k[3] = byte(n), byte(n>>8), byte(n>>16), byte(n>>24)
+		x.put(k, idEntry{seq: uint64(n), at: int64(n)})
+	}
+	for i := range held {
+		put(i)
+	}
+	var longest time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		start := time.Now()
+		put(held + i)
+		longest = max(longest, time.Since(start))
+	}
+	b.ReportMetric(float64(longest.Microseconds()), "longest-put-µs")
 }
