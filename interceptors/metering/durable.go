@@ -72,7 +72,7 @@ type durable struct {
 }
 
 type tracked struct {
-	key     string
+	key     string    // the record's key, chosen when it is first written
 	lastPut time.Time // zero: no record yet
 }
 
@@ -134,7 +134,7 @@ func (d *durable) track(r *report) {
 		return
 	}
 	d.mu.Lock()
-	d.calls[r] = &tracked{key: uuid.NewString()}
+	d.calls[r] = &tracked{}
 	d.mu.Unlock()
 }
 
@@ -225,6 +225,9 @@ func (d *durable) write(ctx context.Context, now time.Time) {
 	d.mu.Lock()
 	for r, t := range d.calls {
 		if now.Sub(r.start) >= d.o.MinAge && now.Sub(t.lastPut) >= d.o.Refresh {
+			if t.key == "" {
+				t.key = uuid.NewString() // most calls end before they need one
+			}
 			list = append(list, due{r, t})
 		}
 	}
