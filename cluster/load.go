@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +70,9 @@ type Load struct {
 	acked    map[string][]string // session → acknowledged assistant message ids
 	watched  map[string][]uint64 // session → event ids in the order received
 	watchRes map[string]int      // session → watch (re)connections
+	// attempts are each session's watch connections, for the report of a
+	// gap: which replica, from which Last-Event-ID, which ids it sent.
+	attempts map[string][]watchAttempt
 	// unanswered counts calls without an answer, "tenant route".
 	unanswered Tally
 	errs       []string
@@ -83,7 +87,7 @@ type Load struct {
 
 // NewLoad prepares load on c.
 func NewLoad(c *Cluster) *Load {
-	return &Load{c: c, served: Tally{}, acked: map[string][]string{}, watched: map[string][]uint64{}, watchRes: map[string]int{}, unanswered: Tally{}}
+	return &Load{c: c, served: Tally{}, acked: map[string][]string{}, watched: map[string][]uint64{}, watchRes: map[string]int{}, attempts: map[string][]watchAttempt{}, unanswered: Tally{}}
 }
 
 // Use sends the load's further calls (and Verify's) to c: the same
@@ -276,7 +280,8 @@ func (l *Load) watch(ctx context.Context, id string) {
 		if last > 0 {
 			headers = append(headers, "Last-Event-ID", strconv.FormatUint(last, 10))
 		}
-		sse, closeIt, err := l.pick().Stream(ctx, "GET", "/v1/kgent/sessions/"+id+"/events", Carol, "", headers...)
+		r := l.pick()
+		sse, closeIt, err := r.Stream(ctx, "GET", "/v1/kgent/sessions/"+id+"/events", Carol, "", headers...)
 		if err != nil {
 			var se *StatusError
 			l.mu.Lock()
@@ -291,10 +296,15 @@ func (l *Load) watch(ctx context.Context, id string) {
 		}
 		l.mu.Lock()
 		l.watchRes[id]++
+		l.attempts[id] = append(l.attempts[id], watchAttempt{replica: r.Name, at: time.Now(), after: last})
+		a := &l.attempts[id][len(l.attempts[id])-1]
 		l.mu.Unlock()
 		for {
 			ev, err := sse.Next()
 			if err != nil {
+				l.mu.Lock()
+				a.end = err.Error()
+				l.mu.Unlock()
 				break
 			}
 			if ev.ID == "" {
@@ -307,6 +317,7 @@ func (l *Load) watch(ctx context.Context, id string) {
 			last = n
 			l.mu.Lock()
 			l.watched[id] = append(l.watched[id], n)
+			a.note(n)
 			l.mu.Unlock()
 		}
 		closeIt()
@@ -542,7 +553,11 @@ func (l *Load) Verify(ctx context.Context) error {
 			}
 		}
 		if missing > 0 {
-			errs = append(errs, fmt.Errorf("session %s: the watcher missed %d of %d events (gap)", id, missing, len(full)))
+			l.mu.Lock()
+			tried := attemptsReport(l.attempts[id])
+			l.mu.Unlock()
+			errs = append(errs, fmt.Errorf("session %s: the watcher missed %d of %d events (gap): %s; its connections: %s",
+				id, missing, len(full), missingRuns(full, seen), tried))
 		}
 	}
 	return errors.Join(errs...)
@@ -597,4 +612,62 @@ func callErr(what string, code int, err error) error {
 		return fmt.Errorf("%s: %w", what, err)
 	}
 	return fmt.Errorf("%s: status %d", what, code)
+}
+
+// watchAttempt is one watch connection of the load's watcher.
+type watchAttempt struct {
+	replica     string
+	at          time.Time
+	after       uint64 // the Last-Event-ID sent (0: none)
+	first, last uint64 // the ids received (0: none)
+	n           int
+	jumps       []string // ids received after a gap ("from→to")
+	end         string   // why it ended
+}
+
+func (a *watchAttempt) note(id uint64) {
+	if a.n == 0 {
+		a.first = id
+	} else if id > a.last+1 && len(a.jumps) < 8 {
+		a.jumps = append(a.jumps, fmt.Sprintf("%d→%d", a.last, id))
+	}
+	a.last = id
+	a.n++
+}
+
+// attemptsReport lists a watcher's connections that received events, and
+// how many received none.
+func attemptsReport(as []watchAttempt) string {
+	var b strings.Builder
+	empty := 0
+	for _, a := range as {
+		if a.n == 0 {
+			empty++
+			continue
+		}
+		fmt.Fprintf(&b, "[%s %s after=%d got %d..%d (%d)", a.replica, a.at.Format("15:04:05.000"), a.after, a.first, a.last, a.n)
+		if len(a.jumps) > 0 {
+			fmt.Fprintf(&b, " jumps %v", a.jumps)
+		}
+		fmt.Fprintf(&b, " end %q] ", a.end)
+	}
+	fmt.Fprintf(&b, "and %d that received nothing", empty)
+	return b.String()
+}
+
+// missingRuns lists the ids of full that seen lacks, as ranges.
+func missingRuns(full []uint64, seen map[uint64]bool) string {
+	var runs []string
+	for i := 0; i < len(full); i++ {
+		if seen[full[i]] {
+			continue
+		}
+		j := i
+		for j+1 < len(full) && !seen[full[j+1]] {
+			j++
+		}
+		runs = append(runs, fmt.Sprintf("%d–%d", full[i], full[j]))
+		i = j
+	}
+	return "missing " + strings.Join(runs, ", ")
 }
