@@ -70,8 +70,8 @@ type Load struct {
 	acked    map[string][]string // session → acknowledged assistant message ids
 	watched  map[string][]uint64 // session → event ids in the order received
 	watchRes map[string]int      // session → watch (re)connections
-	// attempts are each session's watch connections, for the report of a
-	// gap: which replica, from which Last-Event-ID, which ids it sent.
+	// attempts are each session's ended watch connections, for the report
+	// of a gap: which replica, from which Last-Event-ID, which ids it sent.
 	attempts map[string][]watchAttempt
 	// unanswered counts calls without an answer, "tenant route".
 	unanswered Tally
@@ -296,15 +296,12 @@ func (l *Load) watch(ctx context.Context, id string) {
 		}
 		l.mu.Lock()
 		l.watchRes[id]++
-		l.attempts[id] = append(l.attempts[id], watchAttempt{replica: r.Name, at: time.Now(), after: last})
-		a := &l.attempts[id][len(l.attempts[id])-1]
 		l.mu.Unlock()
+		a := watchAttempt{replica: r.Name, at: time.Now(), after: last}
 		for {
 			ev, err := sse.Next()
 			if err != nil {
-				l.mu.Lock()
 				a.end = err.Error()
-				l.mu.Unlock()
 				break
 			}
 			if ev.ID == "" {
@@ -317,10 +314,13 @@ func (l *Load) watch(ctx context.Context, id string) {
 			last = n
 			l.mu.Lock()
 			l.watched[id] = append(l.watched[id], n)
-			a.note(n)
 			l.mu.Unlock()
+			a.note(n)
 		}
 		closeIt()
+		l.mu.Lock()
+		l.attempts[id] = append(l.attempts[id], a)
+		l.mu.Unlock()
 	}
 }
 

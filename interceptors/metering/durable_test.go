@@ -80,6 +80,23 @@ func TestKilledCallIsBilledByAnotherReplica(t *testing.T) {
 		recs, err := storeA.Stale(ctx, time.Now().Add(time.Hour))
 		return err == nil && len(recs) == 1 && len(recs[0].Record.Events) == 2
 	})
+	// Refreshed, it is the same record (one key per call), not another.
+	first, err := storeA.Stale(ctx, time.Now().Add(time.Hour))
+	if err != nil || len(first) != 1 {
+		t.Fatalf("records: %v, %v", first, err)
+	}
+	waitFor(t, "the record refreshed", func() bool {
+		recs, _ := storeA.Stale(ctx, time.Now().Add(time.Hour))
+		for _, r := range recs {
+			if r.Record.Beat.After(first[0].Record.Beat) {
+				return true
+			}
+		}
+		return false
+	})
+	if recs, err := storeA.Stale(ctx, time.Now().Add(time.Hour)); err != nil || len(recs) != 1 || recs[0].Key != first[0].Key {
+		t.Errorf("after a refresh: %d records (first key %s), %v; want the one record, its key kept", len(recs), first[0].Key, err)
+	}
 	if n := len(capA.byType("api.request")) + len(capB.byType("api.request")); n != 0 {
 		t.Fatalf("%d api.request events before the call ended or died", n)
 	}
