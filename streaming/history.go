@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -40,22 +41,26 @@ var ErrNoHistory = errors.New("session history is unavailable")
 // after, in order, until it has caught up with what the stream holds. A
 // reset — onReset runs first, reset is true, last restarts at 0 and every
 // retained event is delivered — happens when after is set and either the
-// events just after it are no longer retained, or after is beyond both the
-// newest retained event and known (the newest id the caller knows the
-// session has reached: an id the session never had). last is the id of the
-// last event delivered.
+// events just after it are no longer retained, or no retained event has
+// an id at or beyond after and after is beyond known (the newest id the
+// caller knows the session has reached): an id the session never had.
+// last is the id of the last event delivered.
 //
 // Events are delivered in id order even when they were stored out of it:
 // a replica whose publishes were spooled through a NATS outage stores them
-// after events other replicas published meanwhile. Replay reads from
-// ReorderWindow ids before `after` and holds back up to ReorderHold events
-// until the ids before them have been read; what is still missing when the
-// read ends is delivered after the gap (the caller decides whether to wait
-// for it, see sessionsvc).
-//
-// It reads with direct gets (no consumer): a bisection over the stream's
-// sequence finds where to start in O(log n) requests, then batches of
-// DirectBatch events follow, each bounded by ctx and DirectReadTimeout.
+// after events other replicas made later, so stream order is not id order
+// and neither the newest stored event nor a search by id can say where
+// the events after `after` begin. Their making times can: an event with a
+// higher id was made later (a session's turns run one at a time) and is
+// stored no earlier than it was made. So Replay finds a stored event of
+// the session with an id at most `after`, made as late as it can find
+// (a bisection over the stream's sequence, O(log n) requests), and reads
+// everything the session stored from ClockSkew before that event was
+// made. Events read out of order are held back (up to ReorderHold) until
+// the ids before them have been read; what is still missing when the read
+// ends is delivered after the gap (the caller decides whether to wait for
+// it, see sessionsvc). Reads are direct gets (no consumer), in batches of
+// DirectBatch, each bounded by ctx and DirectReadTimeout.
 func (h *History) Replay(ctx context.Context, sessionID string, after, known uint64, onReset func() error, deliver func(*sessionsv1.SessionEvent) error) (reset bool, last uint64, err error) {
 	if h == nil || h.js == nil {
 		return false, after, ErrNoHistory
@@ -75,47 +80,67 @@ func (h *History) Replay(ctx context.Context, sessionID string, after, known uin
 		}
 		span.End()
 	}()
-	start, reset, err := h.startOf(ctx, sessionID, after, known)
+	from, err := h.startOf(ctx, sessionID, after)
 	if err != nil {
 		return false, after, err
 	}
-	last = after
-	if reset {
-		last = 0
-		if onReset != nil {
-			if err := onReset(); err != nil {
-				return reset, last, err
-			}
+	if from.seq == 0 { // nothing retained
+		if after > known {
+			return true, 0, h.reset(true, onReset)
+		}
+		return false, after, nil
+	}
+	if !from.reset {
+		last, reached, err := h.read(ctx, sessionID, from.seq, after, deliver)
+		if err != nil || reached || after <= known {
+			return false, last, err
 		}
 	}
-	if start == 0 {
-		return reset, last, nil // nothing to replay
+	// A reset: everything retained, from the first.
+	if err := h.reset(true, onReset); err != nil {
+		return true, 0, err
 	}
-	ro := reorder{last: last, deliver: deliver}
-	_, _, err = ReadFrom(ctx, h.js, EventsStream, SessionFilter(sessionID), start, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
+	last, _, err = h.read(ctx, sessionID, from.first, 0, deliver)
+	return true, last, err
+}
+
+func (h *History) reset(reset bool, onReset func() error) error {
+	if !reset || onReset == nil {
+		return nil
+	}
+	return onReset()
+}
+
+// read delivers the session's events stored from stream sequence seq on
+// with ids beyond after, in id order; reached reports whether an event
+// with an id at or beyond after was read (after is an id the session had).
+func (h *History) read(ctx context.Context, sessionID string, seq, after uint64, deliver func(*sessionsv1.SessionEvent) error) (last uint64, reached bool, err error) {
+	ro := reorder{last: after, deliver: deliver}
+	_, _, err = ReadFrom(ctx, h.js, EventsStream, SessionFilter(sessionID), seq, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
 		_, ev, err := DecodeEvent(m.Data)
 		if err != nil {
 			return true // not ours to judge: skip what cannot be read
 		}
+		reached = reached || EventSeq(ev) >= after
 		return ro.add(ev) == nil
 	})
 	if ro.err != nil {
-		return reset, ro.last, ro.err
+		return ro.last, reached, ro.err
 	}
 	if err != nil {
-		return reset, ro.last, h.unavailable(ctx, err)
+		return ro.last, reached, h.unavailable(ctx, err)
 	}
-	return reset, ro.last, ro.drain()
+	return ro.last, reached, ro.drain()
 }
 
-// ReorderWindow is how far (in event ids) a session's events may be stored
-// out of order and still replay in order: Replay starts reading this many
-// ids before its resume point. ReorderHold bounds the events held back
-// waiting for an earlier id.
-const (
-	ReorderWindow = DirectBatch
-	ReorderHold   = 4096
-)
+// ClockSkew bounds how far apart the clocks of kgentsd replicas and NATS
+// servers may be: a resume reads a session's events stored from this long
+// before the making time of an event it has already had.
+const ClockSkew = 5 * time.Second
+
+// ReorderHold bounds the events a replay holds back waiting for an
+// earlier id.
+const ReorderHold = 4096
 
 // reorder delivers events in id order, holding back those read before an
 // earlier id (at most ReorderHold), and each id once.
@@ -184,54 +209,86 @@ func (h *heldEvents) Pop() any {
 	return ev
 }
 
-// startOf finds the stream sequence to replay from (0: nothing to replay)
-// and whether the watcher must reset.
-func (h *History) startOf(ctx context.Context, sessionID string, after, known uint64) (start uint64, reset bool, err error) {
+// replayStart is where a replay reads from: seq (0: the session has
+// nothing retained), or a reset (the events just after the resume point
+// are no longer retained); first is the session's first stored sequence.
+type replayStart struct {
+	seq, first uint64
+	reset      bool
+}
+
+// startOf finds the stream sequence to replay the events after `after`
+// from (see Replay).
+func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (replayStart, error) {
 	filter := SessionFilter(sessionID)
 	first, err := First(ctx, h.js, EventsStream, filter, 1)
 	if errors.Is(err, ErrNotFound) {
-		// Nothing retained: an id the session never reached is a reset.
-		return 0, after > known, nil
+		return replayStart{}, nil
 	}
 	if err != nil {
-		return 0, false, h.unavailable(ctx, err)
+		return replayStart{}, h.unavailable(ctx, err)
 	}
+	from := replayStart{seq: first.Sequence, first: first.Sequence}
 	firstID := msgEventID(first)
 	if after == 0 || firstID > after {
-		return first.Sequence, after > 0 && firstID > after+1, nil
+		from.reset = after > 0 && firstID > after+1
+		return from, nil
 	}
 	lastMsg, err := Last(ctx, h.js, EventsStream, filter)
 	if err != nil {
-		return 0, false, h.unavailable(ctx, err)
+		return replayStart{}, h.unavailable(ctx, err)
 	}
-	lastID := msgEventID(lastMsg)
-	if lastID <= after && after > max(lastID, known) {
-		return first.Sequence, true, nil
-	}
-	// Read from ReorderWindow ids early: an event after `after` may have
-	// been stored before one at or before it (see Replay).
-	target := after - min(after, ReorderWindow)
-	if firstID > target {
-		return first.Sequence, false, nil
-	}
-	if lastID <= target {
-		return 0, false, nil // caught up
-	}
-	// Bisect: reading from lo yields an event ≤ target, from hi one > target.
+	// Bisect the session's stored events for one with an id at most
+	// after, made as late as possible (reading from lo yields such an
+	// event, from hi one beyond after). Out-of-order storage makes the ids
+	// rise and fall along the stream, so the bisection may not find the
+	// latest one; any it finds is a safe place to read from.
+	made := first
 	lo, hi := first.Sequence, lastMsg.Sequence
+	if msgEventID(lastMsg) <= after {
+		made, hi = laterMade(made, lastMsg), lastMsg.Sequence+1
+	}
 	for hi-lo > 1 {
 		mid := lo + (hi-lo)/2
 		m, err := First(ctx, h.js, EventsStream, filter, mid)
 		if err != nil {
-			return 0, false, h.unavailable(ctx, err)
+			return replayStart{}, h.unavailable(ctx, err)
 		}
-		if msgEventID(m) > target {
+		if msgEventID(m) > after {
 			hi = mid
 		} else {
-			lo = m.Sequence
+			made, lo = laterMade(made, m), m.Sequence
 		}
 	}
-	return hi, false, nil
+	at := msgMadeAt(made)
+	if at.IsZero() {
+		return from, nil // no making time: read everything
+	}
+	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-ClockSkew))
+	switch {
+	case err == nil:
+		from.seq = max(m.Sequence, first.Sequence)
+	case errors.Is(err, ErrNotFound): // stored before then: read everything
+	default:
+		return replayStart{}, h.unavailable(ctx, err)
+	}
+	return from, nil
+}
+
+// laterMade returns whichever of a and b was made later.
+func laterMade(a, b *jetstream.RawStreamMsg) *jetstream.RawStreamMsg {
+	if msgMadeAt(b).After(msgMadeAt(a)) {
+		return b
+	}
+	return a
+}
+
+// msgMadeAt is when a stored event was made (zero if it does not say).
+func msgMadeAt(m *jetstream.RawStreamMsg) time.Time {
+	if _, ev, err := DecodeEvent(m.Data); err == nil && ev.GetTime() != nil {
+		return ev.GetTime().AsTime()
+	}
+	return time.Time{}
 }
 
 // msgEventID reads a stored event's id from its header (or its body, for

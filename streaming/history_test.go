@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
 	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
@@ -21,10 +22,20 @@ import (
 // fan-out does (header and body).
 func publishEvents(t *testing.T, js jetstream.JetStream, session string, from, to uint64) {
 	t.Helper()
+	publishEventsMadeAt(t, js, session, from, to, time.Time{})
+}
+
+// publishEventsMadeAt stores events made at madeAt (zero: now), as a
+// replica's spool stores them late.
+func publishEventsMadeAt(t *testing.T, js jetstream.JetStream, session string, from, to uint64, madeAt time.Time) {
+	t.Helper()
 	ctx := context.Background()
 	for id := from; id <= to; id++ {
 		ev := &sessionsv1.SessionEvent{Id: strconv.FormatUint(id, 10), SessionId: session,
 			Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "w", Index: int32(id)}}}
+		if !madeAt.IsZero() {
+			ev.Time = timestamppb.New(madeAt)
+		}
 		b, err := streaming.EncodeEvent("tenant", ev)
 		if err != nil {
 			t.Fatal(err)
@@ -208,6 +219,76 @@ func TestHistoryReplayOutOfOrder(t *testing.T) {
 	})
 	if !errors.Is(err, stop) || last != 5 || !slices.Equal(got, seqs(1, 5)) {
 		t.Fatalf("replay = %v, last %d, delivered %v; want the deliver's error after 1..5", err, last, got)
+	}
+}
+
+// TestHistoryReplayLateTurn: a replica that spooled a whole turn through an
+// outage stores it after the turns that followed it, far more ids back
+// than the reorder window, and it may be the session's last stored event.
+// A resume after any of it must still get every later event, without a
+// reset, whatever the session record knows.
+func TestHistoryReplayLateTurn(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	// Both sessions: 301..320 were made before 321..700 but stored after
+	// them; "tail" then goes on with 701..710.
+	for _, session := range []string{"ends-late", "tail"} {
+		publishEvents(t, js, session, 1, 300)
+		madeAt := time.Now()
+		publishEvents(t, js, "other", 1, 20)
+		publishEvents(t, js, session, 321, 700)
+		publishEventsMadeAt(t, js, session, 301, 320, madeAt)
+	}
+	publishEvents(t, js, "tail", 701, 710)
+	// "mid-late": 101..400 stored after 401..600, so the ids by stream
+	// order rise, fall and rise again.
+	publishEvents(t, js, "mid-late", 1, 100)
+	madeAt := time.Now()
+	publishEvents(t, js, "mid-late", 401, 600)
+	publishEventsMadeAt(t, js, "mid-late", 101, 400, madeAt)
+	publishEvents(t, js, "mid-late", 601, 610)
+
+	h := streaming.NewHistory(js, nil)
+	cases := []struct {
+		name         string
+		session      string
+		after, known uint64
+		want         []uint64
+	}{
+		{"resume well after the late turn", "ends-late", 650, 700, seqs(651, 700)},
+		{"resume with a stale record", "ends-late", 650, 320, seqs(651, 700)},
+		{"resume just before the late turn", "ends-late", 300, 700, seqs(301, 700)},
+		{"resume inside the late turn", "ends-late", 310, 700, seqs(311, 700)},
+		{"caught up", "ends-late", 700, 700, nil},
+		{"resume well after the late turn, more follows", "tail", 600, 710, seqs(601, 710)},
+		{"resume past the reorder window", "tail", 344, 710, seqs(345, 710)},
+		{"caught up, more follows", "tail", 710, 710, nil},
+		{"resume where stream order falls back", "mid-late", 550, 610, seqs(551, 610)},
+		{"resume inside the late turn, stream order falling back", "mid-late", 250, 610, seqs(251, 610)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []uint64
+			reset, _, err := h.Replay(ctx, tc.session, tc.after, tc.known, func() error { return nil }, func(ev *sessionsv1.SessionEvent) error {
+				got = append(got, streaming.EventSeq(ev))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if reset {
+				t.Fatal("replay reset the watcher: every event it asked for is retained")
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("delivered %d events %v…, want %d %v…", len(got), head(got), len(tc.want), head(tc.want))
+			}
+		})
 	}
 }
 
