@@ -231,6 +231,8 @@ type Publisher struct {
 	health healthState  // publisher_health.go
 
 	stop      chan struct{}
+	life      context.Context // ends with stop: bounds the replay's own reads and Resolve calls
+	endLife   context.CancelFunc
 	ready     chan struct{} // closed when NewPublisher is done: connection callbacks wait for it
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -320,6 +322,7 @@ func NewPublisher(conn *Conn, o PublisherOptions) (*Publisher, error) {
 		stop:   make(chan struct{}),
 		ready:  make(chan struct{}),
 	}
+	p.life, p.endLife = context.WithCancel(context.Background())
 	defer close(p.ready)
 	p.br = newBreaker(o.BreakerFailures, o.BreakerOpen, o.BreakerHalfOpenSuccesses, p.breakerChanged)
 	met.circuit.Set(0)
@@ -571,7 +574,7 @@ func (p *Publisher) close(ctx context.Context) error {
 		p.log.Error("nats publisher: flush at close", "error", err)
 	}
 	p.waitDrain(ctx)
-	close(p.stop)
+	p.halt()
 	p.wg.Wait()
 
 	// Whatever is not acknowledged by now goes to the spool, fsynced below.
@@ -600,6 +603,13 @@ func (p *Publisher) close(ctx context.Context) error {
 		return fmt.Errorf("nats publisher: %d message(s) could be neither published nor spooled", lost)
 	}
 	return nil
+}
+
+// halt tells the publisher's goroutines to stop, ending a Resolve or a
+// check the replay is waiting on: what it was settling stays in the spool.
+func (p *Publisher) halt() {
+	close(p.stop)
+	p.endLife()
 }
 
 // waitDrain waits, while replay can make progress, for the spool to empty.

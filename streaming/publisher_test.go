@@ -569,7 +569,7 @@ func (p *Publisher) crash() {
 	p.closed, p.stopped = true, true
 	p.mu.Unlock()
 	p.closeOnce.Do(func() {})
-	close(p.stop)
+	p.halt()
 	p.wg.Wait()
 	p.mu.Lock()
 	p.replay.reader.closeFile()
@@ -1051,5 +1051,57 @@ func TestReplayOfAWriteOnceMessageAlreadyStored(t *testing.T) {
 	eventually(t, 15*time.Second, "the spool replayed", func() bool { return p.Health().SpoolDepth == 0 })
 	if got := metricValue(p.met.dropped.WithLabelValues(dropRejected)); got != 1 {
 		t.Fatalf("dropped{rejected} = %v, want 1 (the different message only)", got)
+	}
+}
+
+// TestPublisherCloseEndsAResolve: a Resolve the replay is waiting on ends
+// when the publisher closes (not at ResolveTimeout), and the message it was
+// settling stays in the spool for the next start.
+func TestPublisherCloseEndsAResolve(t *testing.T) {
+	srv := natstest.Start(t)
+	_, js := srv.Connect(t)
+	createStream(t, js)
+	srv.Stop()
+	dir := filepath.Join(t.TempDir(), "spool")
+	entered := make(chan struct{})
+	var once sync.Once
+	p := newTestPub(t, testConnect(t, srv), dir, func(o *PublisherOptions) {
+		o.Resolve = func(ctx context.Context, m *Message, refused error) error {
+			once.Do(func() { close(entered) })
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	})
+	m := msg("kgent.session.cas.message", "to-settle")
+	m.Header = map[string]string{jetstream.ExpectedLastSubjSeqHeader: "999"}
+	p.Publish(m)
+	srv.Restart()
+	select {
+	case <-entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the replay never asked Resolve to settle the refused message")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_ = p.Close(ctx)
+	if el := time.Since(start); el > ResolveTimeout/2 {
+		t.Fatalf("Close took %v: it waited for the Resolve's own timeout", el)
+	}
+
+	settled := make(chan string, 1)
+	newTestPub(t, testConnect(t, srv), dir, func(o *PublisherOptions) {
+		o.Resolve = func(ctx context.Context, m *Message, refused error) error {
+			settled <- m.MsgID
+			return nil
+		}
+	})
+	select {
+	case id := <-settled:
+		if id != "to-settle" {
+			t.Fatalf("the next start settled %q", id)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the message being settled at Close was not in the spool at the next start")
 	}
 }

@@ -346,9 +346,13 @@ func (p *Publisher) settleRefused(m *Message, refused error) (outcome, *jetstrea
 	case p.o.Resolve == nil:
 		return outRejected, nil, refused
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ResolveTimeout)
+	ctx, cancel := context.WithTimeout(p.life, ResolveTimeout)
 	defer cancel()
 	switch err := p.o.Resolve(ctx, m, refused); {
+	case err != nil && p.life.Err() != nil:
+		// Stopped while settling: the message stays in the spool and is
+		// settled at the next start.
+		return outDisconnected, nil, fmt.Errorf("%w: %w", ErrUnsettled, err)
 	case err == nil:
 		p.met.resolved.Inc()
 		p.log.Info("nats publisher: a refused spooled message was settled", "subject_type", subjectType(m.Subject), "msg_id", m.MsgID, "refused", refused)
@@ -372,7 +376,7 @@ func (p *Publisher) storedAlready(m *Message, err error) (bool, error) {
 		(apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence && apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		return false, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), DirectReadTimeout)
+	ctx, cancel := context.WithTimeout(p.life, DirectReadTimeout)
 	defer cancel()
 	stream, err := p.js.StreamNameBySubject(ctx, m.Subject)
 	if err != nil {
