@@ -47,7 +47,7 @@ func (s *JetStream) Resolver(log *slog.Logger) func(ctx context.Context, m *stre
 	if log == nil {
 		log = slog.Default()
 	}
-	rl := &relocator{s: s, log: log, reserved: map[string]int{}}
+	rl := &relocator{s: s, log: log}
 	return func(ctx context.Context, m *streaming.Message, refused error) error {
 		if !isWrongLastSequence(refused) {
 			return refused
@@ -138,23 +138,60 @@ func mergeSpooled(cur, sp *Record, released string) {
 // reserved, and a place reserved by a failed attempt is tried again first,
 // so retries neither store a message twice nor leave a gap per attempt.
 type relocator struct {
-	s   *JetStream
-	log *slog.Logger
+	s        *JetStream
+	log      *slog.Logger
+	reserved reservations
+}
 
-	mu sync.Mutex
-	// reserved holds the place reserved for a message (by id) whose write
-	// did not complete; bounded by maxReserved (cleared when full: a
-	// forgotten reservation costs one empty place, nothing else).
-	reserved map[string]int
+// reservations remembers the place reserved for a message (by id) whose
+// write did not complete; bounded by maxReserved (cleared when full: a
+// forgotten reservation costs one empty place, nothing else). A nil
+// *reservations remembers nothing.
+type reservations struct {
+	mu     sync.Mutex
+	places map[string]int
 }
 
 const maxReserved = 4096
 
+// errWriteRefused is a transcript write the stream refused for good (a
+// limit, a bad header): retrying cannot store it.
+var errWriteRefused = errors.New("the stream refused the transcript write")
+
+func (r *reservations) get(msgID string) (int, bool) {
+	if r == nil {
+		return 0, false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, ok := r.places[msgID]
+	return n, ok
+}
+
+func (r *reservations) put(msgID string, n int) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.places == nil || len(r.places) >= maxReserved {
+		r.places = map[string]int{}
+	}
+	r.places[msgID] = n
+}
+
+func (r *reservations) drop(msgID string) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.places, msgID)
+}
+
 // relocate writes a transcript message whose number another message took
 // at the end of the transcript.
 func (rl *relocator) relocate(ctx context.Context, m *streaming.Message) error {
-	rl.mu.Lock()
-	defer rl.mu.Unlock()
 	s := rl.s
 	tenantID, sessionID, from, ok := parseTranscriptSubject(m.Subject)
 	if !ok {
@@ -174,43 +211,22 @@ func (rl *relocator) relocate(ctx context.Context, m *streaming.Message) error {
 	if at, found, err := s.findMessage(ctx, tenantID, sessionID, m.MsgID, from+1, int(rec.Session.GetMessageCount())); err != nil {
 		return unsettled(err)
 	} else if found {
-		delete(rl.reserved, m.MsgID)
+		rl.reserved.drop(m.MsgID)
 		rl.log.Info("a transcript message spooled during an outage was moved already", "session_id", sessionID, "message_id", m.MsgID, "at", at)
 		return nil
 	}
-	for range 3 {
-		n, ok := rl.reserved[m.MsgID]
-		if !ok {
-			if n, err = s.reserveAtEnd(ctx, tenantID, sessionID); errors.Is(err, ErrNotFound) {
-				return nil
-			} else if err != nil {
-				return unsettled(err)
-			}
-			if len(rl.reserved) >= maxReserved {
-				clear(rl.reserved)
-			}
-			rl.reserved[m.MsgID] = n
-		}
-		ack, err := s.writeOnceAt(ctx, TranscriptSubject(tenantID, sessionID, n), m.Data, m.MsgID)
-		switch {
-		case isWrongLastSequence(err):
-			// Taken after all (another replica's spooled message, written
-			// at its original number): reserve another.
-			delete(rl.reserved, m.MsgID)
-			continue
-		case isRefusal(err):
-			delete(rl.reserved, m.MsgID)
-			return err
-		case err != nil:
-			// The reservation is kept: the next attempt tries it first.
-			return unsettled(unavailable(ctx, err))
-		}
-		delete(rl.reserved, m.MsgID)
-		rl.log.Warn("a transcript message spooled during an outage lost its place to another turn; stored at the end of the transcript",
-			"session_id", sessionID, "message_id", msg.GetId(), "from", from, "to", n, "duplicate", ack.Duplicate)
-		return nil
+	n, ack, err := s.writeAtEnd(ctx, tenantID, sessionID, m.Data, m.MsgID, &rl.reserved)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil // removed meanwhile
+	case errors.Is(err, errWriteRefused):
+		return err
+	case err != nil:
+		return unsettled(err)
 	}
-	return unsettled(fmt.Errorf("%w: every place reserved for a moved message was taken", ErrConflict))
+	rl.log.Warn("a transcript message spooled during an outage lost its place to another turn; stored at the end of the transcript",
+		"session_id", sessionID, "message_id", msg.GetId(), "from", from, "to", n, "duplicate", ack.Duplicate)
+	return nil
 }
 
 // AppendAtEnd stores m at a number reserved past every other (Store).
@@ -222,21 +238,41 @@ func (s *JetStream) AppendAtEnd(ctx context.Context, tenantID string, m *session
 	if err != nil {
 		return 0, err
 	}
+	n, _, err := s.writeAtEnd(ctx, tenantID, m.GetSessionId(), b, m.GetId(), nil)
+	return n, err
+}
+
+// writeAtEnd writes data, message msgID, at a transcript number reserved
+// past every other, reserving again (up to 3 times) when a message
+// replayed at its original number takes the place first. A place whose
+// write failed is kept in places (nil: not kept), so a retry tries it
+// before reserving another. A write the stream refuses for good
+// (isRefusal) is errWriteRefused; other write failures are ErrUnavailable.
+func (s *JetStream) writeAtEnd(ctx context.Context, tenantID, sessionID string, data []byte, msgID string, places *reservations) (int, *jetstream.PubAck, error) {
 	for range 3 {
-		n, err := s.reserveAtEnd(ctx, tenantID, m.GetSessionId())
-		if err != nil {
-			return 0, err
+		n, ok := places.get(msgID)
+		if !ok {
+			var err error
+			if n, err = s.reserveAtEnd(ctx, tenantID, sessionID); err != nil {
+				return 0, nil, err
+			}
+			places.put(msgID, n)
 		}
-		_, err = s.writeOnceAt(ctx, TranscriptSubject(tenantID, m.GetSessionId(), n), b, m.GetId())
-		if isWrongLastSequence(err) {
-			continue // taken by a message replayed at its original number
+		ack, err := s.writeOnceAt(ctx, TranscriptSubject(tenantID, sessionID, n), data, msgID)
+		switch {
+		case isWrongLastSequence(err):
+			places.drop(msgID) // taken after all: reserve another
+			continue
+		case isRefusal(err):
+			places.drop(msgID)
+			return 0, nil, fmt.Errorf("%w: %w", errWriteRefused, err)
+		case err != nil:
+			return 0, nil, unavailable(ctx, err) // the place is kept
 		}
-		if err != nil {
-			return 0, unavailable(ctx, err)
-		}
-		return n, nil
+		places.drop(msgID)
+		return n, ack, nil
 	}
-	return 0, fmt.Errorf("%w: every place reserved at the end of the transcript was taken", ErrConflict)
+	return 0, nil, fmt.Errorf("%w: every place reserved at the end of the transcript was taken", ErrConflict)
 }
 
 // reserveAtEnd reserves the next transcript number by compare-and-set on
