@@ -22,16 +22,25 @@ import (
 type History struct {
 	js     jetstream.JetStream
 	tracer trace.Tracer
+	slack  time.Duration
 }
 
 // NewHistory returns a History on js (nil when NATS is disabled: there is
 // no history then, only live events). Each replay is a consumer span on tp
-// (nil: no spans).
-func NewHistory(js jetstream.JetStream, tp trace.TracerProvider) *History {
+// (nil: no spans). slack is how much earlier than an event with a lower id
+// one with a higher id may have been made, by the clocks that stamped them
+// (0: ClockSkew): a session's turns run one at a time, except that a
+// replica cut off from NATS goes on making the events of a turn another
+// replica has closed meanwhile, for up to the turn timeout, so kgentsd
+// gives its turn timeout plus ClockSkew.
+func NewHistory(js jetstream.JetStream, tp trace.TracerProvider, slack time.Duration) *History {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history")}
+	if slack <= 0 {
+		slack = ClockSkew
+	}
+	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history"), slack: slack}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -51,12 +60,12 @@ var ErrNoHistory = errors.New("session history is unavailable")
 // after events other replicas made later, so stream order is not id order
 // and neither the newest stored event nor a search by id can say where
 // the events after `after` begin. Their making times can: an event with a
-// higher id was made later (a session's turns run one at a time) and is
+// higher id was made later, give or take the History's slack, and is
 // stored no earlier than it was made. So Replay finds a stored event of
 // the session with an id at most `after`, made as late as it can find
 // (a bisection over the stream's sequence, O(log n) requests), and reads
-// everything the session stored from ClockSkew before that event was
-// made. Events read out of order are held back (up to ReorderHold) until
+// everything the session stored from slack before that event was made
+// (or stored, if that was earlier: a clock running ahead). Events read out of order are held back (up to ReorderHold) until
 // the ids before them have been read; what is still missing when the read
 // ends is delivered after the gap (the caller decides whether to wait for
 // it, see sessionsvc). Reads are direct gets (no consumer), in batches of
@@ -134,8 +143,7 @@ func (h *History) read(ctx context.Context, sessionID string, seq, after uint64,
 }
 
 // ClockSkew bounds how far apart the clocks of kgentsd replicas and NATS
-// servers may be: a resume reads a session's events stored from this long
-// before the making time of an event it has already had.
+// servers may be (part of a History's slack).
 const ClockSkew = 5 * time.Second
 
 // ReorderHold bounds the events a replay holds back waiting for an
@@ -264,7 +272,10 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 	if at.IsZero() {
 		return from, nil // no making time: read everything
 	}
-	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-ClockSkew))
+	if !made.Time.IsZero() && made.Time.Before(at) {
+		at = made.Time
+	}
+	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-h.slack))
 	switch {
 	case err == nil:
 		from.seq = max(m.Sequence, first.Sequence)
