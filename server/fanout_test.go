@@ -145,6 +145,18 @@ func TestWatchReset(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Every event of the turn says when its turn began (what a resume
+	// reads from), the same time on all.
+	began := map[string]int{}
+	if _, _, err := streaming.ReadFrom(ctx, js, streaming.EventsStream, streaming.SessionFilter(s.ID), 1, len(events), func(m *jetstream.RawStreamMsg) bool {
+		began[m.Header.Get(streaming.HeaderTurnStarted)]++
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(began) != 1 || began[""] != 0 {
+		t.Errorf("the turn's events say it began at %v, want one time on all %d", began, len(events))
+	}
 	if err := stream.Purge(ctx, jetstream.WithPurgeSequence(seq+5)); err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,10 @@ const (
 	EventsMaxAge  = 7 * 24 * time.Hour
 	HeaderTenant  = "Kgents-Tenant"
 	HeaderEventID = "Kgents-Event-Id"
+	// HeaderTurnStarted is when the turn that made the event began
+	// (RFC 3339), on every event of a turn: what a resume reads from
+	// (History.Replay).
+	HeaderTurnStarted = "Kgents-Turn-Started"
 )
 
 // SessionSubject is where one event of a session is published.

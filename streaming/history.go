@@ -22,25 +22,21 @@ import (
 type History struct {
 	js     jetstream.JetStream
 	tracer trace.Tracer
-	slack  time.Duration
+	skew   time.Duration
 }
 
 // NewHistory returns a History on js (nil when NATS is disabled: there is
 // no history then, only live events). Each replay is a consumer span on tp
-// (nil: no spans). slack is how much earlier than an event with a lower id
-// one with a higher id may have been made, by the clocks that stamped them
-// (0: ClockSkew): a session's turns run one at a time, except that a
-// replica cut off from NATS goes on making the events of a turn another
-// replica has closed meanwhile, for up to the turn timeout, so kgentsd
-// gives its turn timeout plus ClockSkew.
-func NewHistory(js jetstream.JetStream, tp trace.TracerProvider, slack time.Duration) *History {
+// (nil: no spans). skew bounds how far apart the clocks of the replicas
+// and NATS servers are (0: ClockSkew).
+func NewHistory(js jetstream.JetStream, tp trace.TracerProvider, skew time.Duration) *History {
 	if tp == nil {
 		tp = noop.NewTracerProvider()
 	}
-	if slack <= 0 {
-		slack = ClockSkew
+	if skew <= 0 {
+		skew = ClockSkew
 	}
-	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history"), slack: slack}
+	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history"), skew: skew}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -59,13 +55,16 @@ var ErrNoHistory = errors.New("session history is unavailable")
 // a replica whose publishes were spooled through a NATS outage stores them
 // after events other replicas made later, so stream order is not id order
 // and neither the newest stored event nor a search by id can say where
-// the events after `after` begin. Their making times can: an event with a
-// higher id was made later, give or take the History's slack, and is
-// stored no earlier than it was made. So Replay finds a stored event of
-// the session with an id at most `after`, made as late as it can find
-// (a bisection over the stream's sequence, O(log n) requests), and reads
-// everything the session stored from slack before that event was made
-// (or stored, if that was earlier: a clock running ahead). Events read out of order are held back (up to ReorderHold) until
+// the events after `after` begin. The times their turns began can: a
+// session's turns take ids in the order they begin, every event is made
+// after its turn began, and is stored no earlier than it was made. (An
+// event's own making time is not enough: a replica cut off from NATS goes
+// on making a turn another replica has closed, after the next turn's
+// events, which have higher ids.) So Replay finds a stored event of the
+// session with an id at most `after`, whose turn began as late as it can
+// find (a bisection over the stream's sequence, O(log n) requests), and
+// reads everything the session stored from then, less the clock skew (or
+// from when that event was stored, if earlier: a clock running ahead). Events read out of order are held back (up to ReorderHold) until
 // the ids before them have been read; what is still missing when the read
 // ends is delivered after the gap (the caller decides whether to wait for
 // it, see sessionsvc). Reads are direct gets (no consumer), in batches of
@@ -143,7 +142,7 @@ func (h *History) read(ctx context.Context, sessionID string, seq, after uint64,
 }
 
 // ClockSkew bounds how far apart the clocks of kgentsd replicas and NATS
-// servers may be (part of a History's slack).
+// servers may be.
 const ClockSkew = 5 * time.Second
 
 // ReorderHold bounds the events a replay holds back waiting for an
@@ -247,14 +246,14 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		return replayStart{}, h.unavailable(ctx, err)
 	}
 	// Bisect the session's stored events for one with an id at most
-	// after, made as late as possible (reading from lo yields such an
+	// after, its turn begun as late as possible (reading from lo yields such an
 	// event, from hi one beyond after). Out-of-order storage makes the ids
 	// rise and fall along the stream, so the bisection may not find the
 	// latest one; any it finds is a safe place to read from.
-	made := first
+	since := first
 	lo, hi := first.Sequence, lastMsg.Sequence
 	if msgEventID(lastMsg) <= after {
-		made, hi = laterMade(made, lastMsg), lastMsg.Sequence+1
+		since, hi = laterBegun(since, lastMsg), lastMsg.Sequence+1
 	}
 	for hi-lo > 1 {
 		mid := lo + (hi-lo)/2
@@ -265,17 +264,17 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		if msgEventID(m) > after {
 			hi = mid
 		} else {
-			made, lo = laterMade(made, m), m.Sequence
+			since, lo = laterBegun(since, m), m.Sequence
 		}
 	}
-	at := msgMadeAt(made)
+	at := begunAt(since)
 	if at.IsZero() {
-		return from, nil // no making time: read everything
+		return from, nil // no time to go by: read everything
 	}
-	if !made.Time.IsZero() && made.Time.Before(at) {
-		at = made.Time
+	if !since.Time.IsZero() && since.Time.Before(at) {
+		at = since.Time
 	}
-	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-h.slack))
+	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-h.skew))
 	switch {
 	case err == nil:
 		from.seq = max(m.Sequence, first.Sequence)
@@ -286,16 +285,22 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 	return from, nil
 }
 
-// laterMade returns whichever of a and b was made later.
-func laterMade(a, b *jetstream.RawStreamMsg) *jetstream.RawStreamMsg {
-	if msgMadeAt(b).After(msgMadeAt(a)) {
+// laterBegun returns whichever of a and b has the later begunAt.
+func laterBegun(a, b *jetstream.RawStreamMsg) *jetstream.RawStreamMsg {
+	if begunAt(b).After(begunAt(a)) {
 		return b
 	}
 	return a
 }
 
-// msgMadeAt is when a stored event was made (zero if it does not say).
-func msgMadeAt(m *jetstream.RawStreamMsg) time.Time {
+// begunAt is when the turn that made a stored event began or, for an
+// event outside a turn, when the event was made (zero if it says neither).
+func begunAt(m *jetstream.RawStreamMsg) time.Time {
+	if v := m.Header.Get(HeaderTurnStarted); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			return t
+		}
+	}
 	if _, ev, err := DecodeEvent(m.Data); err == nil && ev.GetTime() != nil {
 		return ev.GetTime().AsTime()
 	}

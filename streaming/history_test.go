@@ -22,12 +22,13 @@ import (
 // fan-out does (header and body).
 func publishEvents(t *testing.T, js jetstream.JetStream, session string, from, to uint64) {
 	t.Helper()
-	publishEventsMadeAt(t, js, session, from, to, time.Time{})
+	publishEventsMadeAt(t, js, session, from, to, time.Time{}, time.Time{})
 }
 
 // publishEventsMadeAt stores events made at madeAt (zero: now), as a
-// replica's spool stores them late.
-func publishEventsMadeAt(t *testing.T, js jetstream.JetStream, session string, from, to uint64, madeAt time.Time) {
+// replica's spool stores them late, by a turn begun at turnStarted (zero:
+// not said).
+func publishEventsMadeAt(t *testing.T, js jetstream.JetStream, session string, from, to uint64, madeAt, turnStarted time.Time) {
 	t.Helper()
 	ctx := context.Background()
 	for id := from; id <= to; id++ {
@@ -43,6 +44,9 @@ func publishEventsMadeAt(t *testing.T, js jetstream.JetStream, session string, f
 		m := nats.NewMsg(streaming.SessionSubject(session, "chunk"))
 		m.Data = b
 		m.Header.Set(streaming.HeaderEventID, ev.GetId())
+		if !turnStarted.IsZero() {
+			m.Header.Set(streaming.HeaderTurnStarted, turnStarted.Format(time.RFC3339Nano))
+		}
 		if _, err := js.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +247,7 @@ func TestHistoryReplayLateTurn(t *testing.T) {
 		madeAt := time.Now()
 		publishEvents(t, js, "other", 1, 20)
 		publishEvents(t, js, session, 321, 700)
-		publishEventsMadeAt(t, js, session, 301, 320, madeAt)
+		publishEventsMadeAt(t, js, session, 301, 320, madeAt, time.Time{})
 	}
 	publishEvents(t, js, "tail", 701, 710)
 	// "mid-late": 101..400 stored after 401..600, so the ids by stream
@@ -251,7 +255,7 @@ func TestHistoryReplayLateTurn(t *testing.T) {
 	publishEvents(t, js, "mid-late", 1, 100)
 	madeAt := time.Now()
 	publishEvents(t, js, "mid-late", 401, 600)
-	publishEventsMadeAt(t, js, "mid-late", 101, 400, madeAt)
+	publishEventsMadeAt(t, js, "mid-late", 101, 400, madeAt, time.Time{})
 	publishEvents(t, js, "mid-late", 601, 610)
 
 	h := streaming.NewHistory(js, nil, 0)
@@ -296,7 +300,8 @@ func TestHistoryReplayLateTurn(t *testing.T) {
 // goes on making the events of a turn another replica has closed; they are
 // made after the next turn's events, which have higher ids, and stored
 // late. A resume inside the late turn must still get the next turn's
-// events, however late the ones it had were made (within the slack).
+// events, however late the ones it had were made: the read goes by when
+// their turn began.
 func TestHistoryReplayTurnFinishedAfterTakeover(t *testing.T) {
 	t.Parallel()
 	srv := natstest.Start(t)
@@ -306,15 +311,17 @@ func TestHistoryReplayTurnFinishedAfterTakeover(t *testing.T) {
 	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
 		t.Fatal(err)
 	}
-	publishEvents(t, js, "taken", 1, 20)    // the cut-off replica's turn, before it was cut off
-	publishEvents(t, js, "taken", 101, 110) // the takeover's marker and the next turn
+	cutOff := time.Now() // when the cut-off replica's turn began
+	publishEventsMadeAt(t, js, "taken", 1, 20, time.Time{}, cutOff)
+	// The takeover's marker and the next turn.
+	publishEventsMadeAt(t, js, "taken", 101, 110, time.Time{}, time.Now())
 	// The replay reads by stream time, so the late turn must be stored
 	// measurably later: this is the test's subject, not a wait for anything.
 	time.Sleep(1500 * time.Millisecond)
-	publishEventsMadeAt(t, js, "taken", 21, 100, time.Now().Add(-100*time.Millisecond))
+	publishEventsMadeAt(t, js, "taken", 21, 100, time.Now().Add(-100*time.Millisecond), cutOff)
 
 	var got []uint64
-	_, _, err := streaming.NewHistory(js, nil, 3*time.Second).Replay(ctx, "taken", 80, 110, nil, func(ev *sessionsv1.SessionEvent) error {
+	_, _, err := streaming.NewHistory(js, nil, 500*time.Millisecond).Replay(ctx, "taken", 80, 110, nil, func(ev *sessionsv1.SessionEvent) error {
 		got = append(got, streaming.EventSeq(ev))
 		return nil
 	})

@@ -100,8 +100,9 @@ func NewPublisher(hub *streaming.Hub, pub MessagePublisher, tp trace.TracerProvi
 	return p
 }
 
-// Publish hands ev to the hub and to JetStream.
-func (p *Publisher) Publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent) {
+// Publish hands ev to the hub and to JetStream; turnStarted (zero: none)
+// goes with it as streaming.HeaderTurnStarted.
+func (p *Publisher) Publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent, turnStarted time.Time) {
 	typ := streaming.EventType(ev)
 	p.published.WithLabelValues(typ).Inc()
 	p.hub.Deliver(ev)
@@ -118,6 +119,9 @@ func (p *Publisher) Publish(ctx context.Context, tenantID string, ev *sessionsv1
 		Data:    data,
 		MsgID:   streaming.EventMsgID(ev),
 		Header:  map[string]string{streaming.HeaderTenant: tenantID, streaming.HeaderEventID: ev.GetId()},
+	}
+	if !turnStarted.IsZero() {
+		m.Header[streaming.HeaderTurnStarted] = turnStarted.UTC().Format(time.RFC3339Nano)
 	}
 	if p.pub.Spooling() {
 		// The durable copy waits in the spool; watchers on other replicas

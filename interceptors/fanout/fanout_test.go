@@ -150,7 +150,8 @@ func TestPublisherToHubAndJetStream(t *testing.T) {
 
 	ev := &sessionsv1.SessionEvent{Id: "7", SessionId: session, Time: timestamppb.Now(),
 		Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "hello", Index: 0}}}
-	sink.Publish(ctx, "tenant-a", ev)
+	began := time.Date(2026, 12, 7, 12, 0, 0, 123456789, time.UTC)
+	sink.Publish(ctx, "tenant-a", ev, began)
 	select {
 	case got := <-feed.Events():
 		if got.GetId() != "7" || got.GetChunk().GetText() != "hello" {
@@ -171,7 +172,8 @@ func TestPublisherToHubAndJetStream(t *testing.T) {
 		t.Fatalf("not in JetStream: %v", err)
 	}
 	if m.Header.Get(streaming.HeaderTenant) != "tenant-a" || m.Header.Get(streaming.HeaderEventID) != "7" ||
-		m.Header.Get(jetstream.MsgIDHeader) != streaming.EventMsgID(ev) {
+		m.Header.Get(jetstream.MsgIDHeader) != streaming.EventMsgID(ev) ||
+		m.Header.Get(streaming.HeaderTurnStarted) != "2026-12-07T12:00:00.123456789Z" {
 		t.Errorf("headers %v", m.Header)
 	}
 	tenant, back, err := streaming.DecodeEvent(m.Data)
@@ -182,7 +184,7 @@ func TestPublisherToHubAndJetStream(t *testing.T) {
 	// Without JetStream (NATS disabled) the hub still gets every event.
 	local := fanout.NewPublisher(hub, nil, nil, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
 	local.Publish(ctx, "tenant-a", &sessionsv1.SessionEvent{Id: "8", SessionId: session,
-		Payload: &sessionsv1.SessionEvent_End{End: &sessionsv1.EndEvent{Reason: "shutdown"}}})
+		Payload: &sessionsv1.SessionEvent_End{End: &sessionsv1.EndEvent{Reason: "shutdown"}}}, time.Time{})
 	select {
 	case got := <-feed.Events():
 		if got.GetId() != "8" {
@@ -238,12 +240,12 @@ func TestPublisherBroadcastsWhileSpooling(t *testing.T) {
 		if i > 20 {
 			t.Fatal("the publisher never started spooling")
 		}
-		sink.Publish(ctx, "tenant-a", event(strconv.Itoa(i)))
+		sink.Publish(ctx, "tenant-a", event(strconv.Itoa(i)), time.Time{})
 		if err := pub.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sink.Publish(ctx, "tenant-a", event("1000"))
+	sink.Publish(ctx, "tenant-a", event("1000"), time.Time{})
 	for {
 		select {
 		case got := <-elsewhere.Events():

@@ -66,13 +66,16 @@ type Options struct {
 // EventSink takes a session's events for its watchers (fanout.Publisher:
 // this replica's hub and JetStream). Publish must not block on the network.
 type EventSink interface {
-	Publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent)
+	// Publish takes ev; turnStarted is when the turn that made it began
+	// (zero: not a turn's event), which history reads need (see
+	// streaming.HeaderTurnStarted).
+	Publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent, turnStarted time.Time)
 }
 
 // publish hands ev to the event sink.
-func (s *Service) publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent) {
+func (s *Service) publish(ctx context.Context, tenantID string, ev *sessionsv1.SessionEvent, turnStarted time.Time) {
 	if s.o.Events != nil {
-		s.o.Events.Publish(ctx, tenantID, ev)
+		s.o.Events.Publish(ctx, tenantID, ev, turnStarted)
 	}
 }
 
@@ -255,7 +258,7 @@ func (s *Service) CloseSession(ctx context.Context, req *sessionsv1.CloseSession
 		s.publish(ctx, id.TenantID, &sessionsv1.SessionEvent{
 			Id: strconv.FormatUint(endSeq, 10), SessionId: req.GetSessionId(), Time: timestamppb.New(s.now()),
 			Payload: &sessionsv1.SessionEvent_End{End: &sessionsv1.EndEvent{Reason: "session_closed"}},
-		})
+		}, time.Time{})
 	}
 	return &sessionsv1.CloseSessionResponse{Session: rec.Session}, nil
 }

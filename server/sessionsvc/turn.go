@@ -105,9 +105,10 @@ type turn struct {
 	mode         soulv1.Mode
 	modeChanged  bool
 	budget       soulv1.Budget
-	firstMessage int    // transcript number of the user message
-	seq          uint64 // id of the last event emitted
-	ceiling      uint64 // highest event id reserved
+	firstMessage int       // transcript number of the user message
+	started      time.Time // when the turn took the lease (stamped on its events)
+	seq          uint64    // id of the last event emitted
+	ceiling      uint64    // highest event id reserved
 	streamChunks bool
 	// open, when set, opens the caller's stream (after the user message is
 	// stored); its failure is reported through openErr.
@@ -162,6 +163,7 @@ func (s *Service) begin(ctx context.Context, sessionID, message string, reqMode 
 	}
 	t := &turn{tenantID: id.TenantID, sessionID: sessionID, turnID: uuid.NewString(), message: message, mode: mode, budget: budget}
 	now := s.now()
+	t.started = now
 	rec, err = s.o.Store.Update(ctx, id.TenantID, sessionID, func(r *sessionstore.Record) error {
 		if r.Session.GetStatus() == sessionsv1.SessionStatus_SESSION_STATUS_CLOSED {
 			return errClosed
@@ -218,7 +220,7 @@ func (s *Service) run(t *turn, deliver func(*sessionsv1.SessionEvent)) (res turn
 	}
 	emit := func(ev *sessionsv1.SessionEvent, toWatchers bool) {
 		if toWatchers {
-			s.publish(ctx, t.tenantID, ev)
+			s.publish(ctx, t.tenantID, ev, t.started)
 		}
 		if deliver != nil {
 			deliver(ev)
@@ -598,7 +600,7 @@ func (s *Service) recover(ctx context.Context, tenantID string, rec *sessionstor
 		Id: strconv.FormatUint(interrupted, 10), SessionId: rec.Session.GetId(), Time: timestamppb.New(s.now()),
 		Payload: &sessionsv1.SessionEvent_Error{Error: &soulv1.DialogueError{
 			Error: "the turn was interrupted (the server running it stopped); what was served of the reply is stored", Type: errorTypeInterrupted}},
-	})
+	}, dead.Started)
 	if partial != nil {
 		// What was served is billed as a finished turn's reply would be:
 		// its tokens, and the stored (partial) message. The dead turn's
