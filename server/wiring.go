@@ -72,7 +72,7 @@ func (s *Server) buildServices(ctx context.Context) (*services, error) {
 	hub := streaming.NewHub(s.nats, streaming.HubOptions{Logger: s.log, Registerer: s.reg, Tracer: s.tracing.Provider})
 	s.health.nats = natsHealth(s.nats, s.pub, hub)
 	if s.nats.Enabled() {
-		history = streaming.NewHistory(s.nats.JetStream(), s.tracing.Provider, streaming.ClockSkew)
+		history = streaming.NewHistory(s.nats.JetStream(), streaming.HistoryOptions{Tracer: s.tracing.Provider, TurnTimeout: cfg.Sessions.TurnTimeout})
 		jsStore := s.sessionsJS
 		jsIdem := idempotency.NewJetStream(s.nats.JetStream(), cfg.NATS.Replicas, cfg.Sessions.IdempotencyTTL).FailFast(s.nats.Connected)
 		inflight = billing.NewInflight(s.nats.JetStream(), cfg.NATS.Replicas)

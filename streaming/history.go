@@ -22,21 +22,38 @@ import (
 type History struct {
 	js     jetstream.JetStream
 	tracer trace.Tracer
-	skew   time.Duration
+	o      HistoryOptions
 }
 
+// HistoryOptions configure a History.
+type HistoryOptions struct {
+	// Tracer makes each replay a consumer span (nil: no spans).
+	Tracer trace.TracerProvider
+	// ClockSkew bounds how far apart the clocks of the replicas and NATS
+	// servers are (0: ClockSkew).
+	ClockSkew time.Duration
+	// TurnTimeout bounds a turn (0: DefaultTurnTimeout). Events stored
+	// without HeaderTurnStarted (by a replica older than the header) are
+	// read as if their turn began this long before they were made.
+	TurnTimeout time.Duration
+}
+
+// DefaultTurnTimeout is TURN_TIMEOUT's default (LLM_TIMEOUT's 120 s + 30 s).
+const DefaultTurnTimeout = 150 * time.Second
+
 // NewHistory returns a History on js (nil when NATS is disabled: there is
-// no history then, only live events). Each replay is a consumer span on tp
-// (nil: no spans). skew bounds how far apart the clocks of the replicas
-// and NATS servers are (0: ClockSkew).
-func NewHistory(js jetstream.JetStream, tp trace.TracerProvider, skew time.Duration) *History {
-	if tp == nil {
-		tp = noop.NewTracerProvider()
+// no history then, only live events).
+func NewHistory(js jetstream.JetStream, o HistoryOptions) *History {
+	if o.Tracer == nil {
+		o.Tracer = noop.NewTracerProvider()
 	}
-	if skew <= 0 {
-		skew = ClockSkew
+	if o.ClockSkew <= 0 {
+		o.ClockSkew = ClockSkew
 	}
-	return &History{js: js, tracer: tp.Tracer("kgents.streaming.history"), skew: skew}
+	if o.TurnTimeout <= 0 {
+		o.TurnTimeout = DefaultTurnTimeout
+	}
+	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -237,8 +254,17 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 	}
 	from := replayStart{seq: first.Sequence, first: first.Sequence}
 	firstID := msgEventID(first)
-	if after == 0 || firstID > after {
-		from.reset = after > 0 && firstID > after+1
+	if after == 0 || firstID == after+1 {
+		return from, nil
+	}
+	if firstID > after+1 {
+		// The events just after `after` look gone (aged out), unless the
+		// next one was stored late, after the first retained one.
+		stored, err := h.holds(ctx, filter, first.Sequence, after+1)
+		if err != nil {
+			return replayStart{}, err
+		}
+		from.reset = !stored
 		return from, nil
 	}
 	lastMsg, err := Last(ctx, h.js, EventsStream, filter)
@@ -246,14 +272,14 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		return replayStart{}, h.unavailable(ctx, err)
 	}
 	// Bisect the session's stored events for one with an id at most
-	// after, its turn begun as late as possible (reading from lo yields such an
-	// event, from hi one beyond after). Out-of-order storage makes the ids
-	// rise and fall along the stream, so the bisection may not find the
-	// latest one; any it finds is a safe place to read from.
-	since := first
+	// after, whose notBefore is as late as possible (reading from lo
+	// yields such an event, from hi one beyond after). Out-of-order storage
+	// makes the ids rise and fall along the stream, so the bisection may
+	// not find the latest one; any it finds is a safe place to read from.
+	at := h.notBefore(first)
 	lo, hi := first.Sequence, lastMsg.Sequence
 	if msgEventID(lastMsg) <= after {
-		since, hi = laterBegun(since, lastMsg), lastMsg.Sequence+1
+		at, hi = later(at, h.notBefore(lastMsg)), lastMsg.Sequence+1
 	}
 	for hi-lo > 1 {
 		mid := lo + (hi-lo)/2
@@ -264,17 +290,13 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		if msgEventID(m) > after {
 			hi = mid
 		} else {
-			since, lo = laterBegun(since, m), m.Sequence
+			at, lo = later(at, h.notBefore(m)), m.Sequence
 		}
 	}
-	at := begunAt(since)
 	if at.IsZero() {
 		return from, nil // no time to go by: read everything
 	}
-	if !since.Time.IsZero() && since.Time.Before(at) {
-		at = since.Time
-	}
-	m, err := FirstAt(ctx, h.js, EventsStream, filter, at.Add(-h.skew))
+	m, err := FirstAt(ctx, h.js, EventsStream, filter, at)
 	switch {
 	case err == nil:
 		from.seq = max(m.Sequence, first.Sequence)
@@ -285,26 +307,50 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 	return from, nil
 }
 
-// laterBegun returns whichever of a and b has the later begunAt.
-func laterBegun(a, b *jetstream.RawStreamMsg) *jetstream.RawStreamMsg {
-	if begunAt(b).After(begunAt(a)) {
+// notBefore is a stream time before which no event with a higher id than
+// stored event m's can have been stored (zero: m does not say): when m's
+// turn began (HeaderTurnStarted) or, without the header (an event outside
+// a turn, or stored by an older replica), when m was made less the turn
+// timeout; or when m was stored, if earlier (a clock running ahead); less
+// the clock skew.
+func (h *History) notBefore(m *jetstream.RawStreamMsg) time.Time {
+	var at time.Time
+	if v := m.Header.Get(HeaderTurnStarted); v != "" {
+		at, _ = time.Parse(time.RFC3339Nano, v)
+	}
+	if at.IsZero() {
+		_, ev, err := DecodeEvent(m.Data)
+		if err != nil || ev.GetTime() == nil {
+			return time.Time{}
+		}
+		at = ev.GetTime().AsTime().Add(-h.o.TurnTimeout)
+	}
+	if !m.Time.IsZero() && m.Time.Before(at) {
+		at = m.Time
+	}
+	return at.Add(-h.o.ClockSkew)
+}
+
+// later returns the later of two times (zero is unknown, not early).
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
 		return b
 	}
 	return a
 }
 
-// begunAt is when the turn that made a stored event began or, for an
-// event outside a turn, when the event was made (zero if it says neither).
-func begunAt(m *jetstream.RawStreamMsg) time.Time {
-	if v := m.Header.Get(HeaderTurnStarted); v != "" {
-		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-			return t
-		}
+// holds reports whether the session stores the event with id from
+// stream sequence seq on (a read of all of it, at worst).
+func (h *History) holds(ctx context.Context, filter string, seq, id uint64) (bool, error) {
+	found := false
+	_, _, err := ReadFrom(ctx, h.js, EventsStream, filter, seq, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
+		found = msgEventID(m) == id
+		return !found
+	})
+	if err != nil {
+		return false, h.unavailable(ctx, err)
 	}
-	if _, ev, err := DecodeEvent(m.Data); err == nil && ev.GetTime() != nil {
-		return ev.GetTime().AsTime()
-	}
-	return time.Time{}
+	return found, nil
 }
 
 // msgEventID reads a stored event's id from its header (or its body, for

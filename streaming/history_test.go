@@ -91,7 +91,7 @@ func TestHistoryReplay(t *testing.T) {
 		{"no events, unknown id", "empty", 4, 0, true, 0, 0},
 		{"no events, from the start", "empty", 0, 0, false, 0, 0},
 	}
-	h := streaming.NewHistory(js, nil, 0)
+	h := streaming.NewHistory(js, streaming.HistoryOptions{})
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []uint64
@@ -143,7 +143,7 @@ func TestHistoryReplayHonoursContext(t *testing.T) {
 	dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, _, err := streaming.NewHistory(js, nil, 0).Replay(dctx, "s", 0, 5, nil, func(*sessionsv1.SessionEvent) error { return nil })
+	_, _, err := streaming.NewHistory(js, streaming.HistoryOptions{}).Replay(dctx, "s", 0, 5, nil, func(*sessionsv1.SessionEvent) error { return nil })
 	if err == nil {
 		t.Fatal("replay with NATS down succeeded")
 	}
@@ -175,11 +175,14 @@ func TestHistoryReplayOutOfOrder(t *testing.T) {
 	publishEvents(t, js, "late", 11, 13)
 	publishEvents(t, js, "late", 20, 20)
 	publishEvents(t, js, "late", 41, 45)
+	// "late-start": its first events stored after later ones.
+	publishEvents(t, js, "late-start", 11, 20)
+	publishEvents(t, js, "late-start", 1, 10)
 	// "hole": 6 never stored.
 	publishEvents(t, js, "hole", 1, 5)
 	publishEvents(t, js, "hole", 7, 9)
 
-	h := streaming.NewHistory(js, nil, 0)
+	h := streaming.NewHistory(js, streaming.HistoryOptions{})
 	cases := []struct {
 		name    string
 		session string
@@ -193,6 +196,9 @@ func TestHistoryReplayOutOfOrder(t *testing.T) {
 		{"resume after the late ones", "late", 13, seqs(14, 45)},
 		{"resume past the duplicate", "late", 30, seqs(31, 45)},
 		{"caught up", "late", 45, nil},
+		// The first stored event is beyond the resume point, but what
+		// follows it is stored later: no reset.
+		{"resume before the first stored, the next stored late", "late-start", 2, seqs(3, 20)},
 		{"a hole is passed at the end of the read", "hole", 3, append(seqs(4, 5), seqs(7, 9)...)},
 	}
 	for _, tc := range cases {
@@ -258,7 +264,7 @@ func TestHistoryReplayLateTurn(t *testing.T) {
 	publishEventsMadeAt(t, js, "mid-late", 101, 400, madeAt, time.Time{})
 	publishEvents(t, js, "mid-late", 601, 610)
 
-	h := streaming.NewHistory(js, nil, 0)
+	h := streaming.NewHistory(js, streaming.HistoryOptions{})
 	cases := []struct {
 		name         string
 		session      string
@@ -304,32 +310,54 @@ func TestHistoryReplayLateTurn(t *testing.T) {
 // their turn began.
 func TestHistoryReplayTurnFinishedAfterTakeover(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name   string
+		header bool // the replicas stamp Kgents-Turn-Started
+	}{
+		{"turn start stamped", true},
+		// Stored by a replica older than the header: the turn timeout is
+		// the margin.
+		{"no turn start stamped", false},
 	}
-	cutOff := time.Now() // when the cut-off replica's turn began
-	publishEventsMadeAt(t, js, "taken", 1, 20, time.Time{}, cutOff)
-	// The takeover's marker and the next turn.
-	publishEventsMadeAt(t, js, "taken", 101, 110, time.Time{}, time.Now())
-	// The replay reads by stream time, so the late turn must be stored
-	// measurably later: this is the test's subject, not a wait for anything.
-	time.Sleep(1500 * time.Millisecond)
-	publishEventsMadeAt(t, js, "taken", 21, 100, time.Now().Add(-100*time.Millisecond), cutOff)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			srv := natstest.Start(t)
+			_, js := srv.Connect(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+				t.Fatal(err)
+			}
+			stamp := func(t time.Time) time.Time {
+				if !tc.header {
+					return time.Time{}
+				}
+				return t
+			}
+			cutOff := time.Now() // when the cut-off replica's turn began
+			publishEventsMadeAt(t, js, "taken", 1, 20, time.Time{}, stamp(cutOff))
+			// The takeover's marker and the next turn.
+			publishEventsMadeAt(t, js, "taken", 101, 110, time.Time{}, stamp(time.Now()))
+			// The replay reads by stream time, so the late turn must be
+			// stored measurably later: this is the test's subject, not a
+			// wait for anything.
+			time.Sleep(1500 * time.Millisecond)
+			publishEventsMadeAt(t, js, "taken", 21, 100, time.Now().Add(-100*time.Millisecond), stamp(cutOff))
 
-	var got []uint64
-	_, _, err := streaming.NewHistory(js, nil, 500*time.Millisecond).Replay(ctx, "taken", 80, 110, nil, func(ev *sessionsv1.SessionEvent) error {
-		got = append(got, streaming.EventSeq(ev))
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := seqs(81, 110); !slices.Equal(got, want) {
-		t.Fatalf("delivered %v, want %v", got, want)
+			var got []uint64
+			h := streaming.NewHistory(js, streaming.HistoryOptions{ClockSkew: 500 * time.Millisecond, TurnTimeout: 2 * time.Second})
+			_, _, err := h.Replay(ctx, "taken", 80, 110, nil, func(ev *sessionsv1.SessionEvent) error {
+				got = append(got, streaming.EventSeq(ev))
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := seqs(81, 110); !slices.Equal(got, want) {
+				t.Fatalf("delivered %v, want %v", got, want)
+			}
+		})
 	}
 }
 

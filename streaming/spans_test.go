@@ -67,7 +67,7 @@ func TestConsumeSpans(t *testing.T) {
 	}
 
 	var last uint64
-	if _, got, err := NewHistory(c.JetStream(), tp, 0).Replay(ctx, session, 0, 0, nil, func(*sessionsv1.SessionEvent) error { return nil }); err != nil {
+	if _, got, err := NewHistory(c.JetStream(), HistoryOptions{Tracer: tp}).Replay(ctx, session, 0, 0, nil, func(*sessionsv1.SessionEvent) error { return nil }); err != nil {
 		t.Fatal(err)
 	} else {
 		last = got
