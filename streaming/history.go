@@ -23,6 +23,7 @@ type History struct {
 	js     jetstream.JetStream
 	tracer trace.Tracer
 	o      HistoryOptions
+	hold   int // ReorderHold (tests lower it)
 }
 
 // HistoryOptions configure a History.
@@ -53,7 +54,7 @@ func NewHistory(js jetstream.JetStream, o HistoryOptions) *History {
 	if o.TurnTimeout <= 0 {
 		o.TurnTimeout = DefaultTurnTimeout
 	}
-	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o}
+	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o, hold: ReorderHold}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -81,9 +82,11 @@ var ErrNoHistory = errors.New("session history is unavailable")
 // session with an id at most `after`, whose turn began as late as it can
 // find (a bisection over the stream's sequence, O(log n) requests), and
 // reads everything the session stored from then, less the clock skew (or
-// from when that event was stored, if earlier: a clock running ahead). Events read out of order are held back (up to ReorderHold) until
-// the ids before them have been read; what is still missing when the read
-// ends is delivered after the gap (the caller decides whether to wait for
+// from when that event was stored, if earlier: a clock running ahead).
+// Events read out of order are held back until the ids before them have
+// been read (up to ReorderHold; beyond that the highest are read again in
+// another pass); what is still missing when the read ends is delivered
+// after the gap (the caller decides whether to wait for
 // it, see sessionsvc). Reads are direct gets (no consumer), in batches of
 // DirectBatch, each bounded by ctx and DirectReadTimeout.
 func (h *History) Replay(ctx context.Context, sessionID string, after, known uint64, onReset func() error, deliver func(*sessionsv1.SessionEvent) error) (reset bool, last uint64, err error) {
@@ -139,23 +142,32 @@ func (h *History) reset(reset bool, onReset func() error) error {
 // read delivers the session's events stored from stream sequence seq on
 // with ids beyond after, in id order; reached reports whether an event
 // with an id at or beyond after was read (after is an id the session had).
+// When more events wait for an earlier id than the reorder holds, the
+// highest are let go and read again in another pass, from where the
+// first of them was stored.
 func (h *History) read(ctx context.Context, sessionID string, seq, after uint64, deliver func(*sessionsv1.SessionEvent) error) (last uint64, reached bool, err error) {
-	ro := reorder{last: after, deliver: deliver}
-	_, _, err = ReadFrom(ctx, h.js, EventsStream, SessionFilter(sessionID), seq, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
-		_, ev, err := DecodeEvent(m.Data)
-		if err != nil {
-			return true // not ours to judge: skip what cannot be read
+	ro := reorder{last: after, hold: h.hold, deliver: deliver}
+	for {
+		ro.spillFrom = 0
+		_, _, err = ReadFrom(ctx, h.js, EventsStream, SessionFilter(sessionID), seq, math.MaxInt, func(m *jetstream.RawStreamMsg) bool {
+			_, ev, err := DecodeEvent(m.Data)
+			if err != nil {
+				return true // not ours to judge: skip what cannot be read
+			}
+			reached = reached || EventSeq(ev) >= after
+			return ro.add(ev, m.Sequence) == nil
+		})
+		if ro.err != nil {
+			return ro.last, reached, ro.err
 		}
-		reached = reached || EventSeq(ev) >= after
-		return ro.add(ev) == nil
-	})
-	if ro.err != nil {
-		return ro.last, reached, ro.err
+		if err != nil {
+			return ro.last, reached, h.unavailable(ctx, err)
+		}
+		if err := ro.drain(); err != nil || ro.spillFrom == 0 {
+			return ro.last, reached, err
+		}
+		seq = ro.spillFrom
 	}
-	if err != nil {
-		return ro.last, reached, h.unavailable(ctx, err)
-	}
-	return ro.last, reached, ro.drain()
 }
 
 // ClockSkew bounds how far apart the clocks of kgentsd replicas and NATS
@@ -167,70 +179,111 @@ const ClockSkew = 5 * time.Second
 const ReorderHold = 4096
 
 // reorder delivers events in id order, holding back those read before an
-// earlier id (at most ReorderHold), and each id once.
+// earlier id, and each id once. It holds at most hold events: beyond that
+// it keeps the lowest ids and lets the others go (spilled), to be read
+// again from spillFrom once what it holds is delivered. Every id it holds
+// is then below every id it let go, so a gap among them is a gap in the
+// stream, not an event still to come.
 type reorder struct {
-	last    uint64 // the id last delivered (0: none yet, any id may come first)
-	held    heldEvents
-	deliver func(*sessionsv1.SessionEvent) error
-	err     error // deliver's error: the replay stops
+	last      uint64 // the id last delivered (0: none yet, any id may come first)
+	hold      int
+	held      heldEvents
+	spillFrom uint64 // the lowest stream sequence of an event let go (0: none)
+	deliver   func(*sessionsv1.SessionEvent) error
+	err       error // deliver's error: the replay stops
 }
 
-func (r *reorder) add(ev *sessionsv1.SessionEvent) error {
-	seq := EventSeq(ev)
-	if seq <= r.last && r.last != 0 {
+func (r *reorder) add(ev *sessionsv1.SessionEvent, streamSeq uint64) error {
+	id := EventSeq(ev)
+	if id <= r.last && r.last != 0 {
 		return nil // delivered already (or read twice)
 	}
-	if r.held.Len() == 0 && r.last != 0 && seq == r.last+1 {
-		return r.send(ev, seq) // the usual case: in order
+	if r.held.Len() == 0 && r.last != 0 && id == r.last+1 {
+		return r.send(ev, id) // the usual case: in order
 	}
-	heap.Push(&r.held, ev)
+	if r.held.Len() >= r.hold {
+		// Full: keep the lowest ids, let the highest go.
+		top := r.held.highest()
+		if id >= r.held[top].id {
+			r.spill(streamSeq)
+			return nil
+		}
+		r.spill(r.held[top].streamSeq)
+		heap.Remove(&r.held, top)
+	}
+	heap.Push(&r.held, heldEvent{ev: ev, id: id, streamSeq: streamSeq})
 	// Deliver what is now in order. With nothing delivered yet the lowest
-	// id is unknown until the read ends (or too much is held).
+	// id is unknown until the read ends.
 	for r.held.Len() > 0 && r.err == nil {
-		next := EventSeq(r.held[0])
+		next := r.held[0].id
 		if next <= r.last && r.last != 0 {
 			heap.Pop(&r.held)
 			continue
 		}
-		if (r.last == 0 || next != r.last+1) && r.held.Len() <= ReorderHold {
+		if r.last == 0 || next != r.last+1 {
 			break
 		}
-		_ = r.send(heap.Pop(&r.held).(*sessionsv1.SessionEvent), next) // its error is r.err
+		_ = r.send(heap.Pop(&r.held).(heldEvent).ev, next) // its error is r.err
 	}
 	return r.err
+}
+
+func (r *reorder) spill(streamSeq uint64) {
+	if r.spillFrom == 0 || streamSeq < r.spillFrom {
+		r.spillFrom = streamSeq
+	}
 }
 
 // drain delivers what is still held, in id order, past any gap.
 func (r *reorder) drain() error {
 	for r.held.Len() > 0 && r.err == nil {
-		ev := heap.Pop(&r.held).(*sessionsv1.SessionEvent)
-		if seq := EventSeq(ev); seq > r.last || r.last == 0 {
-			_ = r.send(ev, seq) // its error is r.err, ending the loop
+		e := heap.Pop(&r.held).(heldEvent)
+		if e.id > r.last || r.last == 0 {
+			_ = r.send(e.ev, e.id) // its error is r.err, ending the loop
 		}
 	}
 	return r.err
 }
 
-func (r *reorder) send(ev *sessionsv1.SessionEvent, seq uint64) error {
+func (r *reorder) send(ev *sessionsv1.SessionEvent, id uint64) error {
 	if r.err = r.deliver(ev); r.err == nil {
-		r.last = seq
+		r.last = id
 	}
 	return r.err
 }
 
+// heldEvent is an event held back, with its id and where it was stored.
+type heldEvent struct {
+	ev        *sessionsv1.SessionEvent
+	id        uint64
+	streamSeq uint64
+}
+
 // heldEvents is a min-heap of events by id.
-type heldEvents []*sessionsv1.SessionEvent
+type heldEvents []heldEvent
 
 func (h heldEvents) Len() int           { return len(h) }
-func (h heldEvents) Less(i, j int) bool { return EventSeq(h[i]) < EventSeq(h[j]) }
+func (h heldEvents) Less(i, j int) bool { return h[i].id < h[j].id }
 func (h heldEvents) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *heldEvents) Push(x any)        { *h = append(*h, x.(*sessionsv1.SessionEvent)) }
+func (h *heldEvents) Push(x any)        { *h = append(*h, x.(heldEvent)) }
 func (h *heldEvents) Pop() any {
 	old := *h
-	ev := old[len(old)-1]
-	old[len(old)-1] = nil
+	e := old[len(old)-1]
+	old[len(old)-1] = heldEvent{}
 	*h = old[:len(old)-1]
-	return ev
+	return e
+}
+
+// highest is the index of the highest id held (a leaf of the heap; a
+// scan of half of it, done only when the hold is full).
+func (h heldEvents) highest() int {
+	top := len(h) / 2
+	for i := top + 1; i < len(h); i++ {
+		if h[i].id > h[top].id {
+			top = i
+		}
+	}
+	return top
 }
 
 // replayStart is where a replay reads from: seq (0: the session has
