@@ -243,7 +243,10 @@ func (s *Service) CloseSession(ctx context.Context, req *sessionsv1.CloseSession
 		if r.Session.GetStatus() == sessionsv1.SessionStatus_SESSION_STATUS_CLOSED {
 			return nil
 		}
-		if s.turnBusy(r) {
+		if r.Turn != nil {
+			// Busy, or lapsed since the read above and closed by nobody
+			// yet: its ids are reserved, and recovery must close it first
+			// (the retry does).
 			return errTurnInFlight
 		}
 		r.Session.Status = sessionsv1.SessionStatus_SESSION_STATUS_CLOSED

@@ -120,11 +120,6 @@ type turn struct {
 // deadline comes before the turn's end.
 var errShutdown = errors.New("the server is shutting down")
 
-// turnBusy reports whether r has a live turn lease.
-func (s *Service) turnBusy(r *sessionstore.Record) bool {
-	return r.Turn != nil && !s.leaseLapsed(r.Turn)
-}
-
 // leaseLapsed reports whether a lease has expired: its replica stopped
 // renewing it. Records written before leases existed have no expiry and
 // count from their start with the turn timeout.
@@ -571,6 +566,9 @@ func (s *Service) recover(ctx context.Context, tenantID string, rec *sessionstor
 			return nil
 		}
 		won = true
+		// After every id the turn reserved, as stored now: it may have
+		// extended its reservation since rec was read.
+		interrupted = max(r.EventSeq, r.Turn.EventCeiling, dead.EventCeiling) + 1
 		r.Turn = nil
 		r.Session.MessageCount = max(r.Session.GetMessageCount(), count)
 		if partial != nil {

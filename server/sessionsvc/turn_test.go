@@ -203,3 +203,129 @@ func TestReplyWhosePlaceWasTakenGoesToTheEnd(t *testing.T) {
 		t.Errorf("message_count %d (%v), want 5", sess.GetSession().GetMessageCount(), err)
 	}
 }
+
+// lapsingStore lets a turn's lease lapse between a read and the update
+// that follows it: each Update first advances the clock.
+type lapsingStore struct {
+	*sessionstore.Memory
+	clk  *clock
+	step time.Duration
+}
+
+func (s *lapsingStore) Update(ctx context.Context, tenantID, sessionID string, fn func(*sessionstore.Record) error) (*sessionstore.Record, error) {
+	s.clk.advance(s.step)
+	return s.Memory.Update(ctx, tenantID, sessionID, fn)
+}
+
+// recordedEvents is an EventSink keeping what it is given.
+type recordedEvents struct {
+	mu  sync.Mutex
+	evs []*sessionsv1.SessionEvent
+}
+
+func (r *recordedEvents) Publish(_ context.Context, _ string, ev *sessionsv1.SessionEvent, _ time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.evs = append(r.evs, ev)
+}
+
+// A close that reads a live lease, which lapses before its update, must
+// not close the session over the dead turn: its ids are reserved, and
+// the end event would take one of them. It is refused (retry); the retry
+// closes the turn (interrupted marker after its ids), then the session.
+func TestCloseSessionAsALeaseLapses(t *testing.T) {
+	t.Parallel()
+	clk := &clock{}
+	clk.ns.Store(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC).UnixNano())
+	mem := sessionstore.NewMemory()
+	events := &recordedEvents{}
+	svc := New(Options{Store: &lapsingStore{Memory: mem, clk: clk, step: 6 * time.Second}, Engine: soul.NewTemplateEngine(),
+		Replica: "b", TurnLease: 10 * time.Second, TurnTimeout: time.Minute, Events: events,
+		Logger: slog.New(slog.DiscardHandler), Now: clk.now})
+	ctx := tenancy.WithIdentity(context.Background(), &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
+	created, err := svc.CreateSession(ctx, &sessionsv1.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetSession().GetId()
+	// Another replica's turn, its lease live for 10 s more: live when the
+	// close reads it, lapsed at the close's update.
+	const ceiling = 4096
+	if _, err := mem.Update(ctx, "t1", id, func(r *sessionstore.Record) error {
+		r.Turn = &sessionstore.Turn{ID: "dead", Started: clk.now(), Replica: "a", Expires: clk.now().Add(10 * time.Second), EventCeiling: ceiling}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(5 * time.Second)
+	_, err = svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id})
+	if status.Code(err) != codes.Aborted {
+		t.Fatalf("close over a lease lapsing meanwhile = %v, want ABORTED (retry)", err)
+	}
+	if rec, _ := mem.Get(ctx, "t1", id); rec.Turn == nil || rec.Session.GetStatus() == sessionsv1.SessionStatus_SESSION_STATUS_CLOSED {
+		t.Fatalf("the refused close changed the record: %+v", rec)
+	}
+	if _, err := svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id}); err != nil {
+		t.Fatalf("the retry: %v", err)
+	}
+	events.mu.Lock()
+	defer events.mu.Unlock()
+	if len(events.evs) != 2 || events.evs[0].GetError().GetType() != errorTypeInterrupted || events.evs[0].GetId() != "4097" ||
+		events.evs[1].GetEnd() == nil || events.evs[1].GetId() != "4098" {
+		t.Fatalf("events %v, want the interrupted marker 4097 then the end 4098", events.evs)
+	}
+}
+
+// extendingStore extends the turn's reservation when its transcript is
+// read, as a dead turn's replica still running would between a recovery's
+// read of the record and its update.
+type extendingStore struct {
+	*sessionstore.Memory
+	to uint64
+}
+
+func (s *extendingStore) Messages(ctx context.Context, tenantID, sessionID string, from, to int) ([]*sessionsv1.Message, error) {
+	if _, err := s.Memory.Update(ctx, tenantID, sessionID, func(r *sessionstore.Record) error {
+		if r.Turn != nil {
+			r.Turn.EventCeiling = max(r.Turn.EventCeiling, s.to)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return s.Memory.Messages(ctx, tenantID, sessionID, from, to)
+}
+
+// The interrupted marker goes after every id the dead turn reserved as
+// stored when the turn is closed, not as read before.
+func TestInterruptedMarkerAfterAnExtendedReservation(t *testing.T) {
+	t.Parallel()
+	clk := &clock{}
+	clk.ns.Store(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC).UnixNano())
+	mem := sessionstore.NewMemory()
+	events := &recordedEvents{}
+	svc := New(Options{Store: &extendingStore{Memory: mem, to: 8192}, Engine: soul.NewTemplateEngine(),
+		Replica: "b", TurnLease: 10 * time.Second, TurnTimeout: time.Minute, Events: events,
+		Logger: slog.New(slog.DiscardHandler), Now: clk.now})
+	ctx := tenancy.WithIdentity(context.Background(), &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
+	created, err := svc.CreateSession(ctx, &sessionsv1.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetSession().GetId()
+	if _, err := mem.Update(ctx, "t1", id, func(r *sessionstore.Record) error {
+		r.Turn = &sessionstore.Turn{ID: "dead", Started: clk.now(), Replica: "a", Expires: clk.now().Add(10 * time.Second), EventCeiling: 4096}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(time.Minute)
+	if _, err := svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id}); err != nil {
+		t.Fatal(err)
+	}
+	events.mu.Lock()
+	defer events.mu.Unlock()
+	if len(events.evs) != 2 || events.evs[0].GetId() != "8193" || events.evs[1].GetId() != "8194" {
+		t.Fatalf("events %v, want the interrupted marker 8193 and the end 8194", events.evs)
+	}
+}
