@@ -46,6 +46,8 @@ if part go; then
 	gobench ./controlplane/ 'BenchmarkAuthenticate'
 	# Throughput benchmarks move a fixed number of messages per run.
 	BENCHTIME=200000x gobench ./streaming/ 'BenchmarkPublish|BenchmarkSpool|BenchmarkSpan|BenchmarkRawPublish'
+	# A watcher's resume near the end of sessions of 2k, 20k and 100k events.
+	BENCHTIME=200x gobench ./streaming/ 'BenchmarkHistoryResume'
 	BENCHTIME=200000x BENCHCOUNT=3 gobench ./billing/ .
 	$GO tool -modfile=tools/go.mod benchstat "$OUT/go.txt" >"$OUT/go-summary.txt"
 	if [[ -n ${BENCH_BASE:-} ]]; then
