@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -24,6 +25,24 @@ type History struct {
 	tracer trace.Tracer
 	o      HistoryOptions
 	hold   int // ReorderHold (tests lower it)
+	// starts remembers where a resume found its start, per session and
+	// resume point, for a minute: a watch's second look 0.5 s after it
+	// opened, and a gap's repeated reads, skip the bisection. The place
+	// stays right as the stream grows (it only appends); an entry is used
+	// only while the session's first stored event is the same one (its
+	// sequence and store time), so a stream purged or recreated since
+	// forgets it.
+	starts *expirable.LRU[startKey, rememberedStart]
+}
+
+type startKey struct {
+	session string
+	after   uint64
+}
+
+type rememberedStart struct {
+	seq, first uint64
+	firstTime  time.Time
 }
 
 // HistoryOptions configure a History.
@@ -54,7 +73,8 @@ func NewHistory(js jetstream.JetStream, o HistoryOptions) *History {
 	if o.TurnTimeout <= 0 {
 		o.TurnTimeout = DefaultTurnTimeout
 	}
-	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o, hold: ReorderHold}
+	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o, hold: ReorderHold,
+		starts: expirable.NewLRU[startKey, rememberedStart](4096, nil, time.Minute)}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -320,9 +340,25 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		from.reset = !stored
 		return from, nil
 	}
+	key := startKey{sessionID, after}
+	if r, ok := h.starts.Get(key); ok && r.first == first.Sequence && r.firstTime.Equal(first.Time) {
+		from.seq = r.seq
+		return from, nil
+	}
+	from.seq, err = h.search(ctx, filter, first, after)
+	if err != nil {
+		return replayStart{}, err
+	}
+	h.starts.Add(key, rememberedStart{seq: from.seq, first: first.Sequence, firstTime: first.Time})
+	return from, nil
+}
+
+// search finds where to read the session's events after `after` from
+// (its first stored event, with an id at most after, is first).
+func (h *History) search(ctx context.Context, filter string, first *jetstream.RawStreamMsg, after uint64) (uint64, error) {
 	lastMsg, err := Last(ctx, h.js, EventsStream, filter)
 	if err != nil {
-		return replayStart{}, h.unavailable(ctx, err)
+		return 0, h.unavailable(ctx, err)
 	}
 	// Bisect the session's stored events for one with an id at most
 	// after, whose notBefore is as late as possible (reading from lo
@@ -338,7 +374,7 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		mid := lo + (hi-lo)/2
 		m, err := First(ctx, h.js, EventsStream, filter, mid)
 		if err != nil {
-			return replayStart{}, h.unavailable(ctx, err)
+			return 0, h.unavailable(ctx, err)
 		}
 		if msgEventID(m) > after {
 			hi = mid
@@ -347,17 +383,17 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		}
 	}
 	if at.IsZero() {
-		return from, nil // no time to go by: read everything
+		return first.Sequence, nil // no time to go by: read everything
 	}
 	m, err := FirstAt(ctx, h.js, EventsStream, filter, at)
 	switch {
 	case err == nil:
-		from.seq = max(m.Sequence, first.Sequence)
+		return max(m.Sequence, first.Sequence), nil
 	case errors.Is(err, ErrNotFound): // stored before then: read everything
+		return first.Sequence, nil
 	default:
-		return replayStart{}, h.unavailable(ctx, err)
+		return 0, h.unavailable(ctx, err)
 	}
-	return from, nil
 }
 
 // notBefore is a stream time before which no event with a higher id than

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -367,4 +368,67 @@ func seqs(from, to uint64) []uint64 {
 		out = append(out, n)
 	}
 	return out
+}
+
+// TestHistoryRemembersWhereAResumeStarts: a second replay from the same
+// resume point (a watch's second look, a gap's retries) skips the search;
+// one after the session's stored events were replaced searches again.
+func TestHistoryRemembersWhereAResumeStarts(t *testing.T) {
+	t.Parallel()
+	srv := natstest.Start(t)
+	nc, js := srv.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(0); i < 20; i++ {
+		publishEvents(t, js, "s", i*50+1, i*50+50)
+		publishEvents(t, js, "other", i*50+1, i*50+50)
+	}
+	var requests atomic.Int64
+	sub, err := nc.Subscribe("$JS.API.DIRECT.GET."+streaming.EventsStream, func(*nats.Msg) { requests.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Margins of 1 ns: the read itself is one batch, so the count shows
+	// the search.
+	h := streaming.NewHistory(js, streaming.HistoryOptions{ClockSkew: time.Nanosecond, TurnTimeout: time.Nanosecond})
+	replay := func() (ids []uint64, gets int64) {
+		t.Helper()
+		before := requests.Load()
+		if _, _, err := h.Replay(ctx, "s", 990, 1000, nil, func(ev *sessionsv1.SessionEvent) error {
+			ids = append(ids, streaming.EventSeq(ev))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return ids, requests.Load() - before
+	}
+	first, searched := replay()
+	again, remembered := replay()
+	if !slices.Equal(first, seqs(991, 1000)) || !slices.Equal(again, first) {
+		t.Fatalf("replays delivered %v then %v", first, again)
+	}
+	if remembered >= searched || remembered > 2 {
+		t.Fatalf("the second replay made %d direct gets (the first %d): it searched again", remembered, searched)
+	}
+	// The session's events replaced (a purge, a restore): searched again.
+	if err := js.DeleteStream(ctx, streaming.EventsStream); err != nil {
+		t.Fatal(err)
+	}
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	publishEvents(t, js, "s", 981, 1000)
+	if got, _ := replay(); !slices.Equal(got, seqs(991, 1000)) {
+		t.Fatalf("after the stream was recreated: delivered %v", got)
+	}
 }
