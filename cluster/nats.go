@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -128,9 +129,20 @@ type NATS struct {
 	Nodes []*Node
 }
 
-// FreePort is a free loopback TCP port.
+// FreePort is a free loopback TCP port, picked at random below the
+// kernel's ephemeral range (Linux: from 32768), so that no outgoing
+// connection takes it between now and the server's bind. (A port from the
+// ephemeral range was taken that way once in CI, under the full suite.)
 func FreePort(t testing.TB) int {
 	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			_ = l.Close()
+			return port
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -144,8 +156,42 @@ func FreePort(t testing.TB) int {
 // node is healthy. Every node is killed when the test ends.
 func StartNATS(t testing.TB, n int) *NATS {
 	t.Helper()
-	c := &NATS{t: t, bin: NATSServerBinary(t)}
-	base := t.TempDir()
+	bin := NATSServerBinary(t)
+	for attempt := 1; ; attempt++ {
+		c := &NATS{t: t, bin: bin}
+		c.boot(t.TempDir(), n)
+		bad, err := c.waitHealthy(60 * time.Second)
+		if err == nil {
+			return c
+		}
+		if attempt < 3 && c.portTaken() {
+			// Another process bound one of the ports after it was picked:
+			// start over on new ones.
+			t.Logf("cluster: a port was taken before node %s could bind it; starting over on new ports", bad.Name)
+			for _, nd := range c.Nodes {
+				nd.Kill()
+			}
+			continue
+		}
+		t.Fatalf("cluster: node %s not healthy: %v\n%s", bad.Name, err, c.logs())
+	}
+}
+
+// portTaken reports whether a node failed to bind one of its ports.
+func (c *NATS) portTaken() bool {
+	for _, nd := range c.Nodes {
+		if strings.Contains(nd.Logs(), "address already in use") {
+			return true
+		}
+	}
+	return false
+}
+
+// boot writes n nodes' configurations under base, on fresh ports, and
+// starts them (killed when the test ends).
+func (c *NATS) boot(base string, n int) {
+	t := c.t
+	t.Helper()
 	for i := range n {
 		c.Nodes = append(c.Nodes, &Node{
 			t: t, Name: fmt.Sprintf("n%d", i+1),
@@ -189,8 +235,6 @@ cluster {
 			nd.Kill()
 		}
 	})
-	c.WaitHealthy(60 * time.Second)
-	return c
 }
 
 // URLs is every node's client URL, comma-separated (NATS_SERVERS).
