@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -28,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/kgents/kgents-go/server/servertest"
+	"github.com/kgents/kgents-go/streaming/natstest"
 )
 
 // NATSModule is the module nats-server is built from; its version is the
@@ -129,26 +128,11 @@ type NATS struct {
 	Nodes []*Node
 }
 
-// FreePort is a free loopback TCP port, picked at random below the
-// kernel's ephemeral range (Linux: from 32768), so that no outgoing
-// connection takes it between now and the server's bind. (A port from the
-// ephemeral range was taken that way once in CI, under the full suite.)
+// FreePort is a free loopback TCP port below the kernel's ephemeral
+// range (natstest.FreePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	for range 200 {
-		port := 20000 + rand.IntN(12000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			_ = l.Close()
-			return port
-		}
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return natstest.FreePort(t)
 }
 
 // StartNATS starts an n-node JetStream cluster on loopback (each node with

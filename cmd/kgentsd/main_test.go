@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/kgents/kgents-go/config"
+	"github.com/kgents/kgents-go/streaming/natstest"
 )
 
 // asKgentsd makes the test binary run main() instead of the tests, so tests
@@ -61,15 +62,7 @@ func (w *bannerWriter) String() string {
 	return w.buf.String()
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return natstest.FreePort(t) }
 
 // startRun runs kgentsd in process with env and returns its banner; the
 // server is stopped when the test ends.

@@ -5,6 +5,7 @@ package natstest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"testing"
@@ -28,13 +29,28 @@ type Server struct {
 // Start runs a server and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, dir: t.TempDir(), port: freePort(t)}
+	s := &Server{t: t, dir: t.TempDir(), port: FreePort(t)}
 	s.start()
 	t.Cleanup(s.Stop)
 	return s
 }
 
-func freePort(t testing.TB) int {
+// FreePort is a free loopback TCP port, picked at random below the
+// kernel's ephemeral range (Linux: from 32768), so that no outgoing
+// connection takes it between now and the server's bind, or while a test
+// has the server stopped before restarting it on the same port. (A port
+// from the ephemeral range was taken that way once in CI, under the full
+// suite.)
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			_ = l.Close()
+			return port
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

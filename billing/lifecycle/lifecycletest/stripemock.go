@@ -6,7 +6,6 @@ package lifecycletest
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v85/webhook"
+
+	"github.com/kgents/kgents-go/streaming/natstest"
 )
 
 var (
@@ -64,15 +65,10 @@ func Binary(t testing.TB) string {
 	return binPath
 }
 
-// FreePort returns a TCP port free at the time of the call.
+// FreePort returns a free loopback TCP port (natstest.FreePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
+	return natstest.FreePort(t)
 }
 
 // StartMock starts stripe-mock on a free port, stops it when the test
