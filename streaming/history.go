@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -31,8 +31,9 @@ type History struct {
 	// stays right as the stream grows (it only appends); an entry is used
 	// only while the session's first stored event is the same one (its
 	// sequence and store time), so a stream purged or recreated since
-	// forgets it.
-	starts *expirable.LRU[startKey, rememberedStart]
+	// forgets it. (A plain LRU with the age checked on use: the
+	// expirable one runs a goroutine per cache that never ends.)
+	starts *lru.Cache[startKey, rememberedStart]
 }
 
 type startKey struct {
@@ -43,7 +44,11 @@ type startKey struct {
 type rememberedStart struct {
 	seq, first uint64
 	firstTime  time.Time
+	at         time.Time // when it was found
 }
+
+// rememberStartFor is how long a resume's start is remembered.
+const rememberStartFor = time.Minute
 
 // HistoryOptions configure a History.
 type HistoryOptions struct {
@@ -73,8 +78,8 @@ func NewHistory(js jetstream.JetStream, o HistoryOptions) *History {
 	if o.TurnTimeout <= 0 {
 		o.TurnTimeout = DefaultTurnTimeout
 	}
-	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o, hold: ReorderHold,
-		starts: expirable.NewLRU[startKey, rememberedStart](4096, nil, time.Minute)}
+	starts, _ := lru.New[startKey, rememberedStart](4096) // a positive size: no error
+	return &History{js: js, tracer: o.Tracer.Tracer("kgents.streaming.history"), o: o, hold: ReorderHold, starts: starts}
 }
 
 // ErrNoHistory means history cannot be read right now (NATS away or disabled).
@@ -341,7 +346,8 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 		return from, nil
 	}
 	key := startKey{sessionID, after}
-	if r, ok := h.starts.Get(key); ok && r.first == first.Sequence && r.firstTime.Equal(first.Time) {
+	if r, ok := h.starts.Get(key); ok && time.Since(r.at) < rememberStartFor &&
+		r.first == first.Sequence && r.firstTime.Equal(first.Time) {
 		from.seq = r.seq
 		return from, nil
 	}
@@ -349,7 +355,7 @@ func (h *History) startOf(ctx context.Context, sessionID string, after uint64) (
 	if err != nil {
 		return replayStart{}, err
 	}
-	h.starts.Add(key, rememberedStart{seq: from.seq, first: first.Sequence, firstTime: first.Time})
+	h.starts.Add(key, rememberedStart{seq: from.seq, first: first.Sequence, firstTime: first.Time, at: time.Now()})
 	return from, nil
 }
 
