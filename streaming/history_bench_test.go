@@ -1,18 +1,14 @@
 package streaming_test
 
 import (
-	"context"
 	"strconv"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
-	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
 	"github.com/kgents/kgents-go/streaming"
-	"github.com/kgents/kgents-go/streaming/natstest"
 )
 
 // BenchmarkHistoryResume: a watcher resuming 10 events before the end of
@@ -24,12 +20,7 @@ import (
 func BenchmarkHistoryResume(b *testing.B) {
 	for _, n := range []int{2_000, 20_000, 100_000} {
 		b.Run("events="+strconv.Itoa(n), func(b *testing.B) {
-			srv := natstest.Start(b)
-			_, js := srv.Connect(b)
-			ctx := context.Background()
-			if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-				b.Fatal(err)
-			}
+			ctx, _, js := eventsStream(b)
 			storeTurns(b, js, "resume", "other", n)
 			h := streaming.NewHistory(js, streaming.HistoryOptions{ClockSkew: time.Millisecond})
 			after := uint64(n - 10)
@@ -55,19 +46,9 @@ func storeTurns(b *testing.B, js jetstream.JetStream, session, other string, n i
 	const turn = 200
 	for start := 1; start <= n; start += turn {
 		for _, s := range []string{session, other} {
-			began := time.Now().UTC().Format(time.RFC3339Nano)
+			began := time.Now()
 			for id := start; id < start+turn && id <= n; id++ {
-				ev := &sessionsv1.SessionEvent{Id: strconv.Itoa(id), SessionId: s,
-					Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: " word"}}}
-				data, err := streaming.EncodeEvent("tenant", ev)
-				if err != nil {
-					b.Fatal(err)
-				}
-				m := nats.NewMsg(streaming.SessionSubject(s, "chunk"))
-				m.Data = data
-				m.Header.Set(streaming.HeaderEventID, ev.GetId())
-				m.Header.Set(streaming.HeaderTurnStarted, began)
-				if _, err := js.PublishMsgAsync(m); err != nil {
+				if _, err := js.PublishMsgAsync(eventMsg(b, s, uint64(id), time.Time{}, began)); err != nil {
 					b.Fatal(err)
 				}
 			}

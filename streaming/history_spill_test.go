@@ -1,17 +1,12 @@
-package streaming
+package streaming_test
 
 import (
-	"context"
 	"slices"
 	"strconv"
 	"testing"
-	"time"
-
-	"github.com/nats-io/nats.go"
 
 	sessionsv1 "github.com/kgents/kgents-go/gen/kgents/sessions/v1"
-	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
-	"github.com/kgents/kgents-go/streaming/natstest"
+	"github.com/kgents/kgents-go/streaming"
 )
 
 // TestHistoryReplaySpillsPastTheHold: more events stored before a late
@@ -20,40 +15,19 @@ import (
 // from the start or from a resume point.
 func TestHistoryReplaySpillsPastTheHold(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := EnsureEventsStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
-	store := func(from, to uint64) {
-		for id := from; id <= to; id++ {
-			ev := &sessionsv1.SessionEvent{Id: strconv.FormatUint(id, 10), SessionId: "spill",
-				Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "w"}}}
-			b, err := EncodeEvent("tenant", ev)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m := nats.NewMsg(SessionSubject("spill", "chunk"))
-			m.Data = b
-			m.Header.Set(HeaderEventID, ev.GetId())
-			if _, err := js.PublishMsg(ctx, m); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	ctx, _, js := eventsStream(t)
+	store := func(from, to uint64) { publishEvents(t, js, "spill", from, to) }
 	// 3..19 stored after 20..60: 41 events wait for them, the hold is 8.
 	store(1, 2)
 	store(20, 60)
 	store(3, 19)
-	h := NewHistory(js, HistoryOptions{})
-	h.hold = 8
+	h := streaming.NewHistory(js, streaming.HistoryOptions{})
+	streaming.SetReorderHold(h, 8)
 	for _, after := range []uint64{0, 1, 2, 10} {
 		t.Run("after "+strconv.FormatUint(after, 10), func(t *testing.T) {
 			var got []uint64
 			if _, _, err := h.Replay(ctx, "spill", after, 60, nil, func(ev *sessionsv1.SessionEvent) error {
-				got = append(got, EventSeq(ev))
+				got = append(got, streaming.EventSeq(ev))
 				return nil
 			}); err != nil {
 				t.Fatal(err)

@@ -29,29 +29,49 @@ func publishEvents(t *testing.T, js jetstream.JetStream, session string, from, t
 // publishEventsMadeAt stores events made at madeAt (zero: now), as a
 // replica's spool stores them late, by a turn begun at turnStarted (zero:
 // not said).
-func publishEventsMadeAt(t *testing.T, js jetstream.JetStream, session string, from, to uint64, madeAt, turnStarted time.Time) {
+func publishEventsMadeAt(t testing.TB, js jetstream.JetStream, session string, from, to uint64, madeAt, turnStarted time.Time) {
 	t.Helper()
-	ctx := context.Background()
 	for id := from; id <= to; id++ {
-		ev := &sessionsv1.SessionEvent{Id: strconv.FormatUint(id, 10), SessionId: session,
-			Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "w", Index: int32(id)}}}
-		if !madeAt.IsZero() {
-			ev.Time = timestamppb.New(madeAt)
-		}
-		b, err := streaming.EncodeEvent("tenant", ev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m := nats.NewMsg(streaming.SessionSubject(session, "chunk"))
-		m.Data = b
-		m.Header.Set(streaming.HeaderEventID, ev.GetId())
-		if !turnStarted.IsZero() {
-			m.Header.Set(streaming.HeaderTurnStarted, turnStarted.Format(time.RFC3339Nano))
-		}
-		if _, err := js.PublishMsg(ctx, m); err != nil {
+		if _, err := js.PublishMsg(context.Background(), eventMsg(t, session, id, madeAt, turnStarted)); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// eventMsg is event id of session as the fan-out stores it (header and
+// body), made at madeAt (zero: now) by a turn begun at turnStarted (zero:
+// not said).
+func eventMsg(t testing.TB, session string, id uint64, madeAt, turnStarted time.Time) *nats.Msg {
+	t.Helper()
+	ev := &sessionsv1.SessionEvent{Id: strconv.FormatUint(id, 10), SessionId: session,
+		Payload: &sessionsv1.SessionEvent_Chunk{Chunk: &soulv1.DialogueChunk{Text: "w", Index: int32(id)}}}
+	if !madeAt.IsZero() {
+		ev.Time = timestamppb.New(madeAt)
+	}
+	b, err := streaming.EncodeEvent("tenant", ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := nats.NewMsg(streaming.SessionSubject(session, "chunk"))
+	m.Data = b
+	m.Header.Set(streaming.HeaderEventID, ev.GetId())
+	if !turnStarted.IsZero() {
+		m.Header.Set(streaming.HeaderTurnStarted, turnStarted.Format(time.RFC3339Nano))
+	}
+	return m
+}
+
+// eventsStream starts a NATS server holding an empty kgent-events and
+// connects to it; ctx ends with the test or after 30 s.
+func eventsStream(t testing.TB) (ctx context.Context, nc *nats.Conn, js jetstream.JetStream) {
+	t.Helper()
+	nc, js = natstest.Start(t).Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, nc, js
 }
 
 func TestHistoryReplay(t *testing.T) {
@@ -162,13 +182,7 @@ func head(s []uint64) []uint64 { return s[:min(len(s), 5)] }
 // read ends is delivered after the gap.
 func TestHistoryReplayOutOfOrder(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
+	ctx, _, js := eventsStream(t)
 	// "late": 11..13 stored after 14..40, and 20 stored twice.
 	publishEvents(t, js, "late", 1, 10)
 	publishEvents(t, js, "other", 1, 50)
@@ -240,13 +254,7 @@ func TestHistoryReplayOutOfOrder(t *testing.T) {
 // reset, whatever the session record knows.
 func TestHistoryReplayLateTurn(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Start(t)
-	_, js := srv.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
+	ctx, _, js := eventsStream(t)
 	// Both sessions: 301..320 were made before 321..700 but stored after
 	// them; "tail" then goes on with 701..710.
 	for _, session := range []string{"ends-late", "tail"} {
@@ -323,13 +331,7 @@ func TestHistoryReplayTurnFinishedAfterTakeover(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := natstest.Start(t)
-			_, js := srv.Connect(t)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-				t.Fatal(err)
-			}
+			ctx, _, js := eventsStream(t)
 			stamp := func(t time.Time) time.Time {
 				if !tc.header {
 					return time.Time{}
@@ -375,13 +377,7 @@ func seqs(from, to uint64) []uint64 {
 // one after the session's stored events were replaced searches again.
 func TestHistoryRemembersWhereAResumeStarts(t *testing.T) {
 	t.Parallel()
-	srv := natstest.Start(t)
-	nc, js := srv.Connect(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := streaming.EnsureEventsStream(ctx, js, 1); err != nil {
-		t.Fatal(err)
-	}
+	ctx, nc, js := eventsStream(t)
 	for i := uint64(0); i < 20; i++ {
 		publishEvents(t, js, "s", i*50+1, i*50+50)
 		publishEvents(t, js, "other", i*50+1, i*50+50)
