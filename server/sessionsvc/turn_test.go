@@ -229,17 +229,13 @@ func (r *recordedEvents) Publish(_ context.Context, _ string, ev *sessionsv1.Ses
 	r.evs = append(r.evs, ev)
 }
 
-// A close that reads a live lease, which lapses before its update, must
-// not close the session over the dead turn: its ids are reserved, and
-// the end event would take one of them. It is refused (retry); the retry
-// closes the turn (interrupted marker after its ids), then the session.
-func TestCloseSessionAsALeaseLapses(t *testing.T) {
-	t.Parallel()
-	clk := &clock{}
+// deadTurnSession is a session on replica b whose turn another replica
+// ("a") began and stopped renewing: its lease (10 s) and reservation (up
+// to id 4096) as stored. store wraps mem for the service.
+func deadTurnSession(t *testing.T, clk *clock, mem *sessionstore.Memory, store sessionstore.Store, events EventSink) (*Service, context.Context, string) {
+	t.Helper()
 	clk.ns.Store(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC).UnixNano())
-	mem := sessionstore.NewMemory()
-	events := &recordedEvents{}
-	svc := New(Options{Store: &lapsingStore{Memory: mem, clk: clk, step: 6 * time.Second}, Engine: soul.NewTemplateEngine(),
+	svc := New(Options{Store: store, Engine: soul.NewTemplateEngine(),
 		Replica: "b", TurnLease: 10 * time.Second, TurnTimeout: time.Minute, Events: events,
 		Logger: slog.New(slog.DiscardHandler), Now: clk.now})
 	ctx := tenancy.WithIdentity(context.Background(), &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
@@ -248,17 +244,27 @@ func TestCloseSessionAsALeaseLapses(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := created.GetSession().GetId()
-	// Another replica's turn, its lease live for 10 s more: live when the
-	// close reads it, lapsed at the close's update.
-	const ceiling = 4096
 	if _, err := mem.Update(ctx, "t1", id, func(r *sessionstore.Record) error {
-		r.Turn = &sessionstore.Turn{ID: "dead", Started: clk.now(), Replica: "a", Expires: clk.now().Add(10 * time.Second), EventCeiling: ceiling}
+		r.Turn = &sessionstore.Turn{ID: "dead", Started: clk.now(), Replica: "a", Expires: clk.now().Add(10 * time.Second), EventCeiling: 4096}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
+	return svc, ctx, id
+}
+
+// A close that reads a live lease, which lapses before its update, must
+// not close the session over the dead turn: its ids are reserved, and
+// the end event would take one of them. It is refused (retry); the retry
+// closes the turn (interrupted marker after its ids), then the session.
+func TestCloseSessionAsALeaseLapses(t *testing.T) {
+	t.Parallel()
+	clk, mem, events := &clock{}, sessionstore.NewMemory(), &recordedEvents{}
+	// The dead turn's lease is live when the close reads it, lapsed at the
+	// close's update (each update moves the clock 6 s).
+	svc, ctx, id := deadTurnSession(t, clk, mem, &lapsingStore{Memory: mem, clk: clk, step: 6 * time.Second}, events)
 	clk.advance(5 * time.Second)
-	_, err = svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id})
+	_, err := svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id})
 	if status.Code(err) != codes.Aborted {
 		t.Fatalf("close over a lease lapsing meanwhile = %v, want ABORTED (retry)", err)
 	}
@@ -300,25 +306,8 @@ func (s *extendingStore) Messages(ctx context.Context, tenantID, sessionID strin
 // stored when the turn is closed, not as read before.
 func TestInterruptedMarkerAfterAnExtendedReservation(t *testing.T) {
 	t.Parallel()
-	clk := &clock{}
-	clk.ns.Store(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC).UnixNano())
-	mem := sessionstore.NewMemory()
-	events := &recordedEvents{}
-	svc := New(Options{Store: &extendingStore{Memory: mem, to: 8192}, Engine: soul.NewTemplateEngine(),
-		Replica: "b", TurnLease: 10 * time.Second, TurnTimeout: time.Minute, Events: events,
-		Logger: slog.New(slog.DiscardHandler), Now: clk.now})
-	ctx := tenancy.WithIdentity(context.Background(), &tenancy.Identity{TenantID: "t1", Tier: tenancy.TierPro, Limits: tenancy.DefaultTiers()[tenancy.TierPro]})
-	created, err := svc.CreateSession(ctx, &sessionsv1.CreateSessionRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created.GetSession().GetId()
-	if _, err := mem.Update(ctx, "t1", id, func(r *sessionstore.Record) error {
-		r.Turn = &sessionstore.Turn{ID: "dead", Started: clk.now(), Replica: "a", Expires: clk.now().Add(10 * time.Second), EventCeiling: 4096}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	clk, mem, events := &clock{}, sessionstore.NewMemory(), &recordedEvents{}
+	svc, ctx, id := deadTurnSession(t, clk, mem, &extendingStore{Memory: mem, to: 8192}, events)
 	clk.advance(time.Minute)
 	if _, err := svc.CloseSession(ctx, &sessionsv1.CloseSessionRequest{SessionId: id}); err != nil {
 		t.Fatal(err)
