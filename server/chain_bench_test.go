@@ -109,20 +109,21 @@ func fullChain(b *testing.B, withMetering bool) []grpc.ServerOption {
 	}
 	unary, stream := parts.chain()
 	return []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(
-			otelgrpc.WithTracerProvider(tracing.Provider), otelgrpc.WithPropagators(tracing.Propagator),
-			otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()))),
+		grpc.StatsHandler(tracing.ServerStatsHandler()),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	}
 }
 
 // standardChain is the yardstick: go-grpc-middleware's own logging,
-// Prometheus, auth and recovery interceptors with the same OpenTelemetry
-// stats handler, logger level and API key check (a map lookup) — what a
+// Prometheus, auth and recovery interceptors with the same logger level and
+// API key check (a map lookup) and otelgrpc's stats handler — what a
 // service gets from the stock parts before adding metering, quotas,
-// idempotency, validation and fan-out.
-func standardChain(b *testing.B) []grpc.ServerOption {
+// idempotency, validation and fan-out. The stock handler starts a span for
+// every call; gated, it is kgentsd's (telemetry.ServerStatsHandler: spans
+// only for calls continuing a trace, as nothing is exported here), so the
+// two chains differ by their interceptors alone.
+func standardChain(b *testing.B, gated bool) []grpc.ServerOption {
 	b.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	tracing, err := telemetry.NewTracing(context.Background(), "bench", "v1", "")
@@ -142,10 +143,14 @@ func standardChain(b *testing.B) []grpc.ServerOption {
 		}
 		return tenancy.WithIdentity(ctx, id), nil
 	}
+	sh := otelgrpc.NewServerHandler(
+		otelgrpc.WithTracerProvider(tracing.Provider), otelgrpc.WithPropagators(tracing.Propagator),
+		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()))
+	if gated {
+		sh = tracing.ServerStatsHandler()
+	}
 	return []grpc.ServerOption{
-		grpc.StatsHandler(otelgrpc.NewServerHandler(
-			otelgrpc.WithTracerProvider(tracing.Provider), otelgrpc.WithPropagators(tracing.Propagator),
-			otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()))),
+		grpc.StatsHandler(sh),
 		grpc.ChainUnaryInterceptor(
 			mwlogging.UnaryServerInterceptor(mwlogging.LoggerFunc(func(ctx context.Context, lvl mwlogging.Level, msg string, fields ...any) {
 				log.Log(ctx, slog.Level(lvl), msg, fields...)
@@ -173,7 +178,8 @@ var benchStreamWorkers = flag.Bool("bench-workers", true, "BenchmarkChainOverhea
 
 // BenchmarkChainOverhead compares one unary Soul.Dialogue call (template
 // engine, loopback TCP, one caller) on bare grpc-go with the same call
-// through kgentsd's whole chain: stats handler (OpenTelemetry), logging,
+// through kgentsd's whole chain: stats handler (OpenTelemetry, spans only
+// for calls continuing a trace), logging,
 // Prometheus, auth, metering, idempotency, quota, validation, fan-out,
 // status errors, recovery. The difference of ns/op is the chain's cost.
 func BenchmarkChainOverhead(b *testing.B) {
@@ -200,7 +206,8 @@ func BenchmarkChainOverhead(b *testing.B) {
 		}))
 		run(b, conn, keyed)
 	})
-	b.Run("standard-chain", func(b *testing.B) { run(b, chainServer(b, standardChain(b)...), keyed) })
+	b.Run("standard-chain", func(b *testing.B) { run(b, chainServer(b, standardChain(b, false)...), keyed) })
+	b.Run("standard-chain-gated", func(b *testing.B) { run(b, chainServer(b, standardChain(b, true)...), keyed) })
 	b.Run("chain", func(b *testing.B) { run(b, chainServer(b, fullChain(b, true)...), keyed) })
 	b.Run("chain-without-metering", func(b *testing.B) { run(b, chainServer(b, fullChain(b, false)...), keyed) })
 }

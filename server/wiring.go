@@ -16,8 +16,6 @@ import (
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -289,11 +287,7 @@ func (s *Server) buildGRPC(svc *services) error {
 	s.reg.MustRegister(grpcMetrics)
 
 	unary, stream := s.newChain(svc, validator, grpcMetrics)
-	statsHandler := otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(s.tracing.Provider),
-		otelgrpc.WithPropagators(s.tracing.Propagator),
-		otelgrpc.WithMeterProvider(metricnoop.NewMeterProvider()),
-	)
+	statsHandler := s.tracing.ServerStatsHandler()
 
 	s.grpc = grpc.NewServer(
 		grpc.StatsHandler(statsHandler),

@@ -113,11 +113,14 @@ func ValidRequestID(id string) bool {
 type Tracing struct {
 	Provider   *sdktrace.TracerProvider
 	Propagator propagation.TextMapPropagator
+	// Exporting is whether spans are exported (an endpoint is set).
+	Exporting bool
 }
 
-// NewTracing builds the tracer provider. Spans always get ids (so logs carry
-// trace ids and incoming trace context is continued); they are recorded and
-// exported only when endpoint is set. The OTLP exporter reads the standard
+// NewTracing builds the tracer provider. Spans are recorded and exported
+// only when endpoint is set; without it a caller's sampled trace is still
+// recorded (and goes nowhere) and RPCs get spans only when they continue a
+// caller's trace (ServerStatsHandler). The OTLP exporter reads the standard
 // OTEL_EXPORTER_OTLP_* variables for everything else.
 func NewTracing(ctx context.Context, serviceName, version, endpoint string) (*Tracing, error) {
 	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
@@ -135,14 +138,15 @@ func NewTracing(ctx context.Context, serviceName, version, endpoint string) (*Tr
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
 	} else {
-		// Nothing to export to: new traces are not recorded (their spans
-		// still carry ids, so log lines keep trace_id), which saves building
-		// spans nobody will read; a caller's sampled trace is still honoured.
+		// Nothing to export to: new traces are not recorded, which saves
+		// building spans nobody will read; a caller's sampled trace is still
+		// honoured.
 		opts = append(opts, sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.NeverSample())))
 	}
 	return &Tracing{
 		Provider:   sdktrace.NewTracerProvider(opts...),
 		Propagator: propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		Exporting:  endpoint != "",
 	}, nil
 }
 
