@@ -72,13 +72,19 @@ async function recordReplyLengths(page) {
   });
 }
 
-/** assertStreamed checks the reply grew word by word to its final length. */
+/**
+ * assertStreamed checks the reply grew to its final length through lengths
+ * in between: it was streamed, not shown at once. A busy browser renders the
+ * chunks that reach it together in one update (a 20-character reply of four
+ * chunks showed 9, 14 and 20 on a loaded CI machine), so one length in
+ * between is the proof, not one per word.
+ */
 async function assertStreamed(page) {
   const lengths = await page.evaluate(() => window.__lengths);
   const final = ((await page.getByTestId("reply").textContent()) ?? "").length;
   const intermediate = lengths.filter((n) => n > 0 && n < final);
   assert.ok(final > 0, "a reply");
-  assert.ok(intermediate.length >= 3, `reply grew through ${intermediate.length} intermediate lengths: ${lengths}`);
+  assert.ok(intermediate.length >= 1, `reply shown at once, not streamed: lengths ${lengths}, final ${final}`);
   assert.ok(lengths.every((n, i) => i === 0 || n >= lengths[i - 1]), `reply only grows: ${lengths}`);
 }
 
