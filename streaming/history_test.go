@@ -413,7 +413,10 @@ func TestHistoryRemembersWhereAResumeStarts(t *testing.T) {
 	if !slices.Equal(first, seqs(991, 1000)) || !slices.Equal(again, first) {
 		t.Fatalf("replays delivered %v then %v", first, again)
 	}
-	if remembered >= searched || remembered > 2 {
+	// The search is ~11 gets (a bisection of 2,000 sequences); the rest is
+	// the first stored event and the read, one batch or, when the server
+	// cuts a batch short under load, a few (CI saw 3).
+	if searched < 10 || remembered*2 > searched {
 		t.Fatalf("the second replay made %d direct gets (the first %d): it searched again", remembered, searched)
 	}
 	// The session's events replaced (a purge, a restore): searched again.
