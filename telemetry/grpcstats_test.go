@@ -2,7 +2,6 @@ package telemetry
 
 import (
 	"context"
-	"net"
 	"testing"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -10,15 +9,16 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/health"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
+
+	soulv1 "github.com/kgents/kgents-go/gen/kgents/soul/v1"
+	"github.com/kgents/kgents-go/interceptors/interceptortest"
 )
 
-// TestServerStatsHandler serves grpc.health.v1 behind the stats handler on
-// loopback and looks at the spans recorded and the span context the
-// handler's chain sees (what log lines take trace_id from).
+// TestServerStatsHandler serves the test Soul service behind the stats
+// handler and looks at the spans recorded and the span context the handler
+// sees (what log lines take trace_id from).
 func TestServerStatsHandler(t *testing.T) {
 	t.Parallel()
 	const (
@@ -54,29 +54,24 @@ func TestServerStatsHandler(t *testing.T) {
 				Exporting:  tt.exporting,
 			}
 			seen := make(chan trace.SpanContext, 1)
-			srv := grpc.NewServer(grpc.StatsHandler(tr.ServerStatsHandler()), grpc.WaitForHandlers(true),
-				grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			ended := make(chan struct{})
+			conn := interceptortest.Serve(t, &interceptortest.Soul{
+				OnDialogue: func(ctx context.Context, _ *soulv1.DialogueRequest) (*soulv1.DialogueResponse, error) {
 					seen <- trace.SpanContextFromContext(ctx)
-					return h(ctx, req)
-				}))
-			healthpb.RegisterHealthServer(srv, health.NewServer())
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			go func() { _ = srv.Serve(lis) }()
-			t.Cleanup(srv.Stop)
-			conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = conn.Close() })
+					return &soulv1.DialogueResponse{}, nil
+				},
+			}, interceptortest.Chain{Options: []grpc.ServerOption{
+				grpc.StatsHandler(tr.ServerStatsHandler()),
+				// Runs after it: once it has the call's end, the span (if
+				// any) has ended.
+				grpc.StatsHandler(endSignal(ended)),
+			}})
 
 			ctx := context.Background()
 			for _, v := range tt.traceparent {
 				ctx = metadata.AppendToOutgoingContext(ctx, "traceparent", v)
 			}
-			if _, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			if _, err := soulv1.NewSoulServiceClient(conn).Dialogue(ctx, &soulv1.DialogueRequest{}); err != nil {
 				t.Fatal(err)
 			}
 			sc := <-seen
@@ -94,13 +89,22 @@ func TestServerStatsHandler(t *testing.T) {
 					t.Errorf("the chain sees trace %q, want the caller's %q", got, tt.wantTrace)
 				}
 			}
-			// The span ends in the call's last stats event, which may run
-			// just after the client has its answer: Stop waits for it
-			// (WaitForHandlers).
-			srv.Stop()
+			<-ended
 			if got := len(rec.Ended()); got != tt.wantSpans {
 				t.Errorf("%d spans recorded, want %d", got, tt.wantSpans)
 			}
 		})
 	}
 }
+
+// endSignal is a stats handler that closes ended at the end of its one call.
+type endSignal chan struct{}
+
+func (e endSignal) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (e endSignal) HandleRPC(_ context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.End); ok {
+		close(e)
+	}
+}
+func (e endSignal) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (e endSignal) HandleConn(context.Context, stats.ConnStats)                       {}
